@@ -1,0 +1,31 @@
+"""metaseg: few-shot image segmentation by meta-learned initialisations (TF2 / Keras 3)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="metaseg",
+    version="0.1.0",
+    description=(
+        "Meta-learning initialisations for few-shot image segmentation: EfficientLab, "
+        "Reptile and FOMAML in TensorFlow 2 / Keras 3."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["metaseg", "metaseg.*", "flags", "data_tools"]),
+    py_modules=["run_metasegnet"],
+    install_requires=[
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.10",
+        "numpy",
+        "absl-py",
+        "pillow",
+        "scikit-learn",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist"],
+        "plot": ["matplotlib"],
+        "kerascv": ["keras-cv"],
+        "coco": ["pycocotools"],
+    },
+    entry_points={"console_scripts": ["metaseg=metaseg.__main__:main"]},
+)
