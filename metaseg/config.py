@@ -3,7 +3,7 @@
 ``flags/`` turns command-line flags into these objects at the edge; library code takes
 them (or explicit arguments) and never reads ``absl.flags.FLAGS``. Defaults are the
 original's (``spec/FLAGS.md``). Each ``__post_init__`` validates its own fields and
-raises ``ValueError`` naming the flag to change, so a user mistake ends in one line.
+raises ``ConfigError`` (a ``ValueError``) naming the flag to change, so a user mistake ends in one line.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from typing import Optional, Tuple
+
+from metaseg.errors import ConfigError
 
 BACKBONES = ("efficientnet-b0", "efficientnet-b3")
 SCHEDULES = ("fixed", "constant", "cosine_anneal", "step", "step_decay")
@@ -20,7 +22,7 @@ QUERY_SIZE = 5  # REFERENCE.md section 3: the query set is always 5 images.
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
 def _positive(value, flag: str) -> None:
