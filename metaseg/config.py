@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Optional, Tuple
 
 from metaseg.errors import ConfigError
@@ -108,6 +109,11 @@ class InnerConfig:
                  f"--learning_rate_scheduler must be one of {SCHEDULES}, "
                  f"got {self.learning_rate_scheduler!r}")
         _positive(self.decay_after_n_steps, "--decay_after_n_steps")
+        _positive(self.step_decay_rate, "--step_decay_rate")
+        # The original picked BCE + dice for any name containing "dice", else cross-entropy.
+        _require(self.loss_name == "cross_entropy" or "dice" in self.loss_name,
+                 f"--loss_name must be 'cross_entropy' or contain 'dice' (e.g. 'bce_dice'), "
+                 f"got {self.loss_name!r}")
         _positive(self.weight_decay, "--weight-decay")
         _require(0.0 <= self.label_smoothing < 1.0,
                  f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
@@ -147,8 +153,8 @@ class MetaConfig:
                             (self.train_shots, "--train-shots"), (self.inner_batch, "--inner-batch"),
                             (self.inner_iters, "--inner-iters"),
                             (self.eval_interval, "--eval-interval"),
-                            (self.checkpoint_every, "checkpoint_every"),
-                            (self.keep_checkpoints, "keep_checkpoints")):
+                            (self.checkpoint_every, "--checkpoint_every"),
+                            (self.keep_checkpoints, "--keep_checkpoints")):
             _positive(value, flag)
         _require(self.meta_step >= 0, f"--meta-step must be >= 0, got {self.meta_step}")
         _require(self.meta_step_final >= 0,
@@ -187,6 +193,201 @@ class EvalConfig:
     @property
     def query_size(self) -> int:
         return QUERY_SIZE
+
+
+def default_cache_dir() -> str:
+    """Where generated data is kept between runs: ``$METASEG_CACHE``, else ``~/.cache/metaseg``."""
+    return os.environ.get("METASEG_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "metaseg")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """The embedded procedural benchmark (``--dataset synthetic``), generated once into a cache."""
+
+    num_classes: int = 1000
+    examples_per_class: int = 10
+    image_size: int = 224  # the stored shard size; episodes are resized to --image_size
+    cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
+
+    def __post_init__(self):
+        _positive(self.num_classes, "--synthetic_num_classes")
+        _positive(self.examples_per_class, "--synthetic_examples_per_class")
+        _positive(self.image_size, "--synthetic_image_size")
+        _require(bool(self.cache_dir), "--cache_dir must not be empty")
+
+
+def _check_range(low, high, name: str, legal, legal_text: str) -> None:
+    """A UHO search range ``[low, high]``: ordered, legal values, samplable on a log scale."""
+    pair = f"--{name}_search_range_low/high"
+    _require(low <= high, f"{pair}: low ({low}) must not exceed high ({high})")
+    _require(legal(low) and legal(high), f"{pair} must be {legal_text}, got [{low}, {high}]")
+    # Sampling is on a log scale, so a range that is actually searched cannot start at 0.
+    _require(low == high or low > 0, f"{pair}: a searched range needs low > 0 (log scale)")
+
+
+@dataclasses.dataclass(frozen=True)
+class UHOConfig:
+    """Update-hyperparameter optimisation on the validation tasks (REFERENCE.md section 8)."""
+
+    enabled: bool = False  # --optimize_update_hyperparms_on_val_set
+    num_configs_to_sample: int = 100
+    meta_fine_tune_steps_on_train_val: int = 0
+    lr_search_range_low: float = 0.0005
+    lr_search_range_high: float = 0.05
+    drop_rate_search_range_low: float = 0.2
+    drop_rate_search_range_high: float = 0.2
+    aug_rate_search_range_low: float = 0.5
+    aug_rate_search_range_high: float = 0.5
+    batch_size_search_range_low: int = 8
+    batch_size_search_range_high: int = 8
+    eval_tasks_with_median_early_stopping_iterations: bool = False
+    min_steps: int = 0
+    max_steps: int = 80
+    results_csv_name: str = "val-set_hyper_param_search_results.csv"
+    estimator: str = "GP"
+
+    def __post_init__(self):
+        _require(self.estimator == "GP", f"--uho_estimator must be 'GP', got {self.estimator!r}")
+        _require(bool(self.results_csv_name), "--uho_results_csv_name must not be empty")
+        _require(self.min_steps >= 0, f"--min_steps must be >= 0, got {self.min_steps}")
+        _positive(self.max_steps, "--max_steps")
+        _require(self.max_steps >= self.min_steps,
+                 f"--max_steps ({self.max_steps}) must be >= --min_steps ({self.min_steps})")
+        _require(self.meta_fine_tune_steps_on_train_val >= 0,
+                 "--meta_fine_tune_steps_on_train_val must be >= 0, got "
+                 f"{self.meta_fine_tune_steps_on_train_val}")
+        # Half the samples are random and the rest GP-guided: fewer than 2 leaves no search.
+        _require(not self.enabled or self.num_configs_to_sample >= 2,
+                 "--num_configs_to_sample must be >= 2 with "
+                 f"--optimize_update_hyperparms_on_val_set, got {self.num_configs_to_sample}")
+        _check_range(self.lr_search_range_low, self.lr_search_range_high, "lr",
+                     lambda v: v > 0, "positive")
+        _check_range(self.drop_rate_search_range_low, self.drop_rate_search_range_high,
+                     "drop_rate", lambda v: 0 <= v < 1, "in [0, 1)")
+        _check_range(self.aug_rate_search_range_low, self.aug_rate_search_range_high,
+                     "aug_rate", lambda v: 0 <= v <= 1, "in [0, 1]")
+        _check_range(self.batch_size_search_range_low, self.batch_size_search_range_high,
+                     "batch_size", lambda v: v >= 1, ">= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class KShotConfig:
+    """FP-k k-shot learning curves (REFERENCE.md section 9)."""
+
+    enabled: bool = False  # --run_k_shot_learning_curves_experiment
+    iter_range: Optional[Tuple[int, ...]] = None  # --k_shot_iter_range
+
+    def __post_init__(self):
+        if self.iter_range is not None:
+            object.__setattr__(self, "iter_range", tuple(int(i) for i in self.iter_range))
+            _require(len(self.iter_range) > 0 and all(i > 0 for i in self.iter_range),
+                     f"--k_shot_iter_range must be positive step counts, got "
+                     f"{list(self.iter_range)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything one run of ``run_metasegnet.py`` needs; written beside its checkpoints."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    inner: InnerConfig = dataclasses.field(default_factory=InnerConfig)
+    meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    uho: UHOConfig = dataclasses.field(default_factory=UHOConfig)
+    kshot: KShotConfig = dataclasses.field(default_factory=KShotConfig)
+    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+    checkpoint: str = "model_checkpoint"
+    pretrained: bool = False
+    continue_training_from_checkpoint: Optional[str] = None
+    fine_tune_task: Optional[str] = None
+    fine_tuned_checkpoint: Optional[str] = None
+    do_not_restore_final_layer_weights: bool = False
+    seed: int = 0
+    classes: int = 1
+    # Accepted for compatibility with the original command lines; nothing reads them.
+    n_unet_encoding_stacks: int = 4
+    start_num_feature_maps_power: int = 5
+    uho_outer_iters: int = 2
+
+    def __post_init__(self):
+        _require(self.classes == 1, f"--classes must be 1 (metaseg does binary segmentation: "
+                                    f"foreground vs background), got {self.classes}")
+        _require(bool(self.checkpoint), "--checkpoint must not be empty")
+        _require(self.fine_tune_task is None or self.fine_tuned_checkpoint,
+                 "--fine-tune-task needs --fine-tuned-checkpoint DIR to write its result to")
+        no_val = self.data.num_val_tasks == 0
+        _require(not (self.eval.eval_val_tasks and no_val),
+                 "--eval_val_tasks needs validation tasks: set --num_val_tasks > 0")
+        _require(not (self.uho.enabled and no_val),
+                 "--optimize_update_hyperparms_on_val_set needs validation tasks: "
+                 "set --num_val_tasks > 0")
+        self._check_batches_fit()
+        if self.data.dataset == "synthetic":
+            self._check_synthetic_size()
+
+    def _check_batches_fit(self) -> None:
+        # With --replacement every mini-batch is a fresh draw of distinct examples, so a batch
+        # cannot be larger than the examples it is drawn from (the original crashed here).
+        if not self.inner.replacement:
+            return
+        drawn_from = self.meta.train_shots - (self.meta.foml_tail or 0)
+        what = "--train-shots minus --foml-tail" if self.meta.foml_tail else "--train-shots"
+        _require(self.meta.inner_batch <= drawn_from,
+                 f"--inner-batch ({self.meta.inner_batch}) must be <= {what} ({drawn_from}) "
+                 "with --replacement; lower it or drop --replacement")
+        _require(self.eval.eval_batch <= self.eval.shots,
+                 f"--eval-batch ({self.eval.eval_batch}) must be <= --shots ({self.eval.shots}) "
+                 "with --replacement; lower it or drop --replacement")
+
+    def _check_synthetic_size(self) -> None:
+        per_class = self.synthetic.examples_per_class
+        needed = max(self.eval.shots + QUERY_SIZE, self.meta.train_shots)
+        _require(needed <= per_class,
+                 f"--synthetic_examples_per_class ({per_class}) must be >= {needed}: --shots plus "
+                 f"{QUERY_SIZE} query images, and --train-shots, are drawn from one class")
+
+    @classmethod
+    def sections(cls) -> dict:
+        """``{field name: config class}`` for the nested configs (``data``, ``model``, ...)."""
+        return {f.name: f.default_factory for f in dataclasses.fields(cls)
+                if f.default_factory is not dataclasses.MISSING}
+
+    def to_json(self) -> str:
+        """Stable, human-readable JSON; :meth:`from_json` reads it back to an equal config."""
+        return to_json(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        """Rebuild a config written by :meth:`to_json`; missing fields take today's defaults."""
+        try:
+            raw = json.loads(text)
+        except ValueError as e:
+            raise ConfigError(f"saved run config is not valid JSON: {e}") from None
+        _require(isinstance(raw, dict), "saved run config must be a JSON object")
+        kwargs = {}
+        for name, value in raw.items():
+            kwargs[name] = _section_from_dict(cls, name, value)
+        _check_known(cls, kwargs, "the saved run config")
+        return cls(**kwargs)
+
+
+def _check_known(config_cls, kwargs: dict, where: str) -> None:
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(kwargs) - known)
+    _require(not unknown, f"unknown field(s) {unknown} in {where}; "
+                          "was it written by a newer metaseg?")
+
+
+def _section_from_dict(run_cls, name: str, value):
+    """One top-level JSON entry: a nested config's dict becomes that config, else as is."""
+    section = run_cls.sections().get(name)
+    if section is None:
+        return value
+    _require(isinstance(value, dict), f"section {name!r} of the saved run config must be an object")
+    _check_known(section, value, f"section {name!r} of the saved run config")
+    return section(**value)
 
 
 def to_json(config) -> str:

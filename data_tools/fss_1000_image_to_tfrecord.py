@@ -1,0 +1,297 @@
+"""Convert FSS-1000 image/mask pairs to one GZIP TFRecord shard per class.
+
+    python data_tools/fss_1000_image_to_tfrecord.py --input_dir fewshot_data \
+        --tfrecord_dir fewshot_shards [--overwrite] [--image_size 224] [--num_workers N]
+
+Layout ``DIR/<class>/<n>.jpg`` + ``<n>.png`` (REFERENCE.md section 1); the mask is the
+first channel of the PNG. Classes are converted in parallel, each shard written to a
+temporary name and renamed when complete, so a shard is only ever complete or absent.
+
+Departures from the original converter, all deliberate:
+- images of another size are resized (bilinear image, nearest mask) and counted, not
+  dropped; ``--strict_size`` restores skipping them;
+- bad input is skipped with its reason and listed at the end, and the exit code is 2 if
+  anything was skipped (unless ``--allow_skips``); non-binary masks are thresholded at 128;
+- existing shards are kept without ``--overwrite`` (so an interrupted run can resume);
+- the per-class shuffle is seeded (``--seed``), so conversions are reproducible.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import os
+import tempfile
+import time
+import zlib
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from absl import app, flags, logging
+from PIL import Image
+
+from metaseg.data.shards import SHARD_SUFFIX, resize_examples, write_shard
+from metaseg.errors import DataError, exit_on_error
+
+IMAGE_EXT, MASK_EXT = ".jpg", ".png"
+Skip = Tuple[str, str]  # (file, reason)
+
+
+class SkipPair(Exception):
+    """A bad input file: ``args == (file, reason)``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertOptions:
+    image_size: int = 224
+    strict_size: bool = False
+    overwrite: bool = False
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class ClassReport:
+    """What happened to one class folder."""
+
+    name: str
+    status: str  # "written", "exists" (kept, no --overwrite) or "skipped"
+    written: int = 0
+    resized: int = 0
+    thresholded: List[Tuple[str, int]] = dataclasses.field(default_factory=list)
+    skipped: List[Skip] = dataclasses.field(default_factory=list)
+
+
+def find_class_dirs(input_dir: str) -> List[str]:
+    """Sorted class folders of ``input_dir``; DataError if it is missing or holds none."""
+    if not os.path.isdir(input_dir):
+        raise DataError(f"input directory {input_dir} does not exist; pass --input_dir "
+                        "pointing at the FSS-1000 folder (<class>/<n>.jpg + <n>.png)")
+    dirs = sorted(e.path for e in os.scandir(input_dir) if e.is_dir())
+    if not dirs:
+        raise DataError(f"input directory {input_dir} holds no class folders; expected "
+                        f"{input_dir}/<class>/<n>.jpg + <n>.png")
+    return dirs
+
+
+def prepare_output_dir(output_dir: str) -> None:
+    """Create ``output_dir`` and prove it writable; DataError (stop at once) if not."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as e:
+        raise DataError(f"output directory {output_dir} is not writable ({e.strerror}); "
+                        "choose another --tfrecord_dir") from None
+
+
+def _stems(files, ext: str) -> set:
+    return {f[:-len(ext)] for f in files if f.endswith(ext)}
+
+
+def find_pairs(class_dir: str) -> Tuple[List[Tuple[str, str]], List[Skip]]:
+    """Sorted ``(image.jpg, mask.png)`` pairs of a class, and the unpaired files."""
+    files = os.listdir(class_dir)
+    images, masks = _stems(files, IMAGE_EXT), _stems(files, MASK_EXT)
+
+    def path(stem, ext):
+        return os.path.join(class_dir, stem + ext)
+
+    pairs = [(path(s, IMAGE_EXT), path(s, MASK_EXT)) for s in sorted(images & masks)]
+    skipped = [(path(s, MASK_EXT), f"mask without image (no {s}{IMAGE_EXT} beside it)")
+               for s in sorted(masks - images)]
+    skipped += [(path(s, IMAGE_EXT), f"image without mask (no {s}{MASK_EXT} beside it)")
+                for s in sorted(images - masks)]
+    return pairs, skipped
+
+
+def _open(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated file fails here, not later
+            return im.copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise SkipPair(path, f"corrupt or truncated JPEG/PNG: {' '.join(str(e).split())}")
+
+
+def _mask_array(path: str, im: Image.Image) -> np.ndarray:
+    """uint8 [H, W]: the first channel, as the original read it (palette expanded first)."""
+    if im.mode == "P":
+        im = im.convert("RGB")
+    elif im.mode == "1":
+        im = im.convert("L")
+    mask = np.asarray(im)
+    if mask.dtype != np.uint8:
+        raise SkipPair(path, f"unsupported mask mode {im.mode} (need an 8-bit PNG)")
+    return mask[..., 0] if mask.ndim == 3 else mask
+
+
+def load_pair(image_path: str, mask_path: str, options: ConvertOptions):
+    """Decode and check one pair.
+
+    Returns:
+        image uint8 [S, S, 3], mask uint8 [S, S] in {0, 255} (S = options.image_size),
+        whether it was resized, and how many mask pixels were thresholded.
+    Raises:
+        SkipPair(file, reason) for a bad pair.
+    """
+    image = np.asarray(_open(image_path).convert("RGB"))
+    mask = _mask_array(mask_path, _open(mask_path))
+    height, width = image.shape[:2]
+    if height != width:
+        raise SkipPair(image_path, f"non-square image {width}x{height}")
+    if mask.shape != image.shape[:2]:
+        raise SkipPair(mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                                  f"{width}x{height}")
+    size = options.image_size
+    if options.strict_size and height != size:
+        raise SkipPair(image_path, f"image is {width}x{height} px, not {size}x{size} "
+                                   "(--strict_size)")
+    changed = int(np.count_nonzero((mask != 0) & (mask != 255)))
+    if changed:
+        mask = np.where(mask >= 128, 255, 0).astype(np.uint8)
+    if height != size:
+        images, masks = resize_examples(image[None], mask[None], size)
+        image, mask = images[0], masks[0]
+    return image, mask, height != size, changed
+
+
+def _class_seed(seed: int, name: str) -> np.random.Generator:
+    # Per-class stream: the shuffle does not depend on worker scheduling.
+    return np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+
+
+def convert_class(class_dir: str, output_dir: str, options: ConvertOptions) -> ClassReport:
+    """Convert one class folder to ``<output_dir>/<class>.tfrecord.gzip``."""
+    name = os.path.basename(os.path.normpath(class_dir))
+    shard = os.path.join(output_dir, name + SHARD_SUFFIX)
+    if os.path.exists(shard) and not options.overwrite:
+        return ClassReport(name, "exists")
+    report = ClassReport(name, "skipped")
+    pairs, report.skipped = find_pairs(class_dir)
+    examples = []
+    for image_path, mask_path in pairs:
+        try:
+            image, mask, resized, changed = load_pair(image_path, mask_path, options)
+        except SkipPair as e:
+            report.skipped.append(e.args)
+            continue
+        examples.append((image, mask))
+        report.resized += int(resized)
+        if changed:
+            report.thresholded.append((mask_path, changed))
+    if not examples:
+        why = "no image/mask pairs" if not pairs else "no valid image/mask pair"
+        report.skipped.append((class_dir, f"{why} in class folder; no shard written"))
+        return report
+    order = _class_seed(options.seed, name).permutation(len(examples))
+    try:
+        report.written = write_shard(shard, (examples[i] for i in order),
+                                     overwrite=options.overwrite)
+    except (OSError, DataError) as e:
+        report.skipped.append((shard, f"could not write shard: {e}"))
+        return report
+    report.status = "written"
+    return report
+
+
+class _Progress:
+    """n/N classes with throughput and ETA, logged at most every ``every`` seconds."""
+
+    def __init__(self, total: int, every: float = 5.0):
+        self.total, self.every, self.done, self.images = total, every, 0, 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, report: ClassReport) -> None:
+        self.done += 1
+        self.images += report.written
+        now = time.monotonic()
+        if now - self.last >= self.every or self.done == self.total:
+            self.last, elapsed = now, now - self.start
+            eta = elapsed / self.done * (self.total - self.done)
+            logging.info("%d/%d classes, %.1f images/s, ETA %.0f s", self.done, self.total,
+                         self.images / max(elapsed, 1e-9), eta)
+
+
+def convert_dataset(input_dir: str, output_dir: str, options: ConvertOptions,
+                    num_workers: Optional[int] = None) -> List[ClassReport]:
+    """Convert every class folder; returns one report per class, sorted by class name."""
+    class_dirs = find_class_dirs(input_dir)
+    prepare_output_dir(output_dir)
+    workers = max(1, min(num_workers or os.cpu_count() or 1, len(class_dirs)))
+    logging.info("Converting %d classes from %s with %d workers", len(class_dirs),
+                 input_dir, workers)
+    progress = _Progress(len(class_dirs))
+    if workers == 1:
+        reports = []
+        for class_dir in class_dirs:
+            reports.append(convert_class(class_dir, output_dir, options))
+            progress.update(reports[-1])
+        return reports
+    # spawn, not fork: TensorFlow is already initialised in this process.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(convert_class, d, output_dir, options) for d in class_dirs]
+        for future in concurrent.futures.as_completed(futures):
+            progress.update(future.result())
+        return [f.result() for f in futures]
+
+
+def summarize(reports: Sequence[ClassReport], output_dir: str, seconds: float) -> str:
+    """The final human-readable summary (several lines)."""
+    written = [r for r in reports if r.status == "written"]
+    images = sum(r.written for r in reports)
+    lines = [f"Wrote {len(written)} shards ({images} examples) to {output_dir} in "
+             f"{seconds:.1f} s ({images / max(seconds, 1e-9):.1f} images/s)."]
+    resized = sum(r.resized for r in reports)
+    if resized:
+        lines.append(f"Resized {resized} images to the requested size.")
+    thresholded = [t for r in reports for t in r.thresholded]
+    if thresholded:
+        lines.append(f"Thresholded {sum(n for _, n in thresholded)} mask pixels at 128 "
+                     f"(values other than 0/255) in {len(thresholded)} masks:")
+        lines += [f"  {path}: {n} pixels" for path, n in thresholded]
+    kept = [r.name for r in reports if r.status == "exists"]
+    if kept:
+        lines.append(f"Kept {len(kept)} existing shards (pass --overwrite to replace them): "
+                     + ", ".join(kept))
+    skipped = [s for r in reports for s in r.skipped]
+    if skipped:
+        lines.append(f"Skipped {len(skipped)} files:")
+        lines += [f"  {path}: {reason}" for path, reason in skipped]
+    return "\n".join(lines)
+
+
+def define_flags() -> None:
+    """Flags are defined only when run as a script, so importing this module is side-free."""
+    flags.DEFINE_string("input_dir", None, "FSS-1000 folder: <class>/<n>.jpg + <n>.png.")
+    flags.DEFINE_string("tfrecord_dir", None, "Output folder for <class>.tfrecord.gzip shards.")
+    flags.DEFINE_bool("overwrite", False, "Replace existing shards (else they are kept).")
+    flags.DEFINE_integer("image_size", 224, "Side of the stored square images.", lower_bound=1)
+    flags.DEFINE_integer("num_workers", None, "Parallel worker processes (default: all CPUs).",
+                         lower_bound=1)
+    flags.DEFINE_bool("strict_size", False, "Skip images of another size instead of "
+                      "resizing them (the original behaviour).")
+    flags.DEFINE_bool("allow_skips", False, "Exit 0 even if some files were skipped.")
+    flags.DEFINE_integer("seed", 0, "Seed of the per-class shuffle.")
+    flags.mark_flags_as_required(["input_dir", "tfrecord_dir"])
+
+
+@exit_on_error
+def main(argv):
+    del argv
+    f = flags.FLAGS
+    options = ConvertOptions(image_size=f.image_size, strict_size=f.strict_size,
+                             overwrite=f.overwrite, seed=f.seed)
+    start = time.monotonic()
+    reports = convert_dataset(f.input_dir, f.tfrecord_dir, options, f.num_workers)
+    print(summarize(reports, f.tfrecord_dir, time.monotonic() - start), flush=True)
+    skipped = sum(len(r.skipped) for r in reports)
+    if skipped and not f.allow_skips:
+        raise DataError(f"{skipped} files were skipped (listed above); fix them or pass "
+                        "--allow_skips")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,235 @@
+"""The on-disk format: one GZIP TFRecord shard per class (REFERENCE.md section 1).
+
+Each record is a ``tf.train.Example`` with two bytes features, exactly as the original
+converter wrote them, so the published FSS-1000 shards load unchanged and shards written
+here are readable by the original reader:
+
+- ``image``: raw row-major bytes of a uint8 RGB array ``[S, S, 3]`` (no JPEG/PNG encoding);
+- ``mask``: raw bytes of a uint8 array ``[S, S]``, foreground 255, background 0.
+
+The stored size ``S`` is not recorded anywhere; it is inferred from the byte length.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import uuid
+from typing import Iterable, Sequence, Tuple, Union
+
+import numpy as np
+import tensorflow as tf
+
+from metaseg.errors import DataError
+
+PathLike = Union[str, os.PathLike]
+
+SHARD_SUFFIX = ".tfrecord.gzip"
+FEATURE_SPEC = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "mask": tf.io.FixedLenFeature([], tf.string),
+}
+_GZIP = "GZIP"
+_RESIZE_CHUNK = 256  # examples resized at once: bounds float32 scratch memory
+
+
+def _bytes_feature(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _check_pair(image: np.ndarray, mask: np.ndarray) -> None:
+    """Raise DataError unless image is uint8 [S, S, 3] and mask uint8 [S, S]."""
+    if image.dtype != np.uint8 or mask.dtype != np.uint8:
+        raise DataError(f"image and mask must be uint8, got {image.dtype} and {mask.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] != image.shape[1]:
+        raise DataError(f"image must be a square RGB array [S, S, 3], got shape {image.shape}")
+    if mask.shape != image.shape[:2]:
+        raise DataError(f"mask shape {mask.shape} does not match image shape {image.shape}")
+
+
+def serialize_example(image: np.ndarray, mask: np.ndarray) -> bytes:
+    """One record of the original format.
+
+    Args:
+        image: uint8 [S, S, 3], RGB in [0, 255].
+        mask: uint8 [S, S], foreground 255, background 0.
+    Returns:
+        A serialised ``tf.train.Example`` with bytes features ``image`` and ``mask``.
+    """
+    image, mask = np.asarray(image), np.asarray(mask)
+    _check_pair(image, mask)
+    feature = {"image": _bytes_feature(np.ascontiguousarray(image).tobytes()),
+               "mask": _bytes_feature(np.ascontiguousarray(mask).tobytes())}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_shard(path: PathLike, pairs: Iterable[Tuple[np.ndarray, np.ndarray]],
+                overwrite: bool = False) -> int:
+    """Write ``(image, mask)`` pairs as one GZIP shard; return how many were written.
+
+    The shard is written under a hidden temporary name in the same directory and renamed
+    into place when complete, so a shard is only ever complete or absent (the temporary
+    file is removed on any exception, including KeyboardInterrupt). All pairs must share
+    one square size, since readers infer the size from the byte length.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise DataError(f"{path} already exists; pass --overwrite to replace it")
+    directory, name = os.path.split(path)
+    # Not ending in SHARD_SUFFIX and hidden, so list_tasks never sees an unfinished write.
+    tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+    count, shape = 0, None
+    try:
+        with tf.io.TFRecordWriter(tmp, options=tf.io.TFRecordOptions(compression_type=_GZIP)) as w:
+            for image, mask in pairs:
+                record = serialize_example(image, mask)
+                if shape is None:
+                    shape = np.shape(image)
+                elif np.shape(image) != shape:
+                    raise DataError(f"{path}: all images of a shard must have one size, "
+                                    f"got {np.shape(image)} after {shape}")
+                w.write(record)
+                count += 1
+        if count == 0:
+            raise DataError(f"{path}: no examples to write; an empty shard would be unreadable")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return count
+
+
+def _tf_error_detail(error: tf.errors.OpError) -> str:
+    """The useful part of a TF runtime error message (drops function-node and op tags)."""
+    text = re.sub(r"\{\{.*?\}\}|\[Op:.*?\]|name:\s*$|'", "", error.message)
+    return " ".join(text.split()) or type(error).__name__
+
+
+def _read_raw(path: str) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Both bytes features of every record: two string tensors [n]."""
+    dataset = tf.data.TFRecordDataset(path, compression_type=_GZIP).batch(1 << 16)
+    images, masks = [], []
+    try:
+        for batch in dataset:  # one iteration for any real shard
+            parsed = tf.io.parse_example(batch, FEATURE_SPEC)
+            images.append(parsed["image"])
+            masks.append(parsed["mask"])
+    except tf.errors.NotFoundError:
+        raise DataError(f"{path}: shard not found") from None
+    except tf.errors.DataLossError as e:
+        raise DataError(f"{path}: shard is truncated or corrupt ({_tf_error_detail(e)}); "
+                        "re-download or re-convert it") from None
+    except (tf.errors.InvalidArgumentError, UnicodeDecodeError) as e:
+        # TF echoes the undecodable record in its message, which may itself fail to decode.
+        detail = _tf_error_detail(e) if isinstance(e, tf.errors.OpError) else "undecodable"
+        raise DataError(f"{path}: records are not tf.train.Examples with bytes features "
+                        f"'image' and 'mask' ({detail})") from None
+    if not images:
+        raise DataError(f"{path}: shard holds no examples; re-convert it or remove it")
+    return tf.concat(images, 0), tf.concat(masks, 0)
+
+
+def _infer_size(path: str, image_bytes: tf.Tensor, mask_bytes: tf.Tensor) -> int:
+    """Side S of the stored images, from byte lengths (image 3*S*S, mask S*S)."""
+    image_lengths = np.unique(tf.strings.length(image_bytes).numpy())
+    mask_lengths = np.unique(tf.strings.length(mask_bytes).numpy())
+    if len(image_lengths) != 1:
+        raise DataError(f"{path}: images of different sizes in one shard "
+                        f"(byte lengths {image_lengths.tolist()[:5]}); re-convert it")
+    length = int(image_lengths[0])
+    size = math.isqrt(length // 3)
+    if length == 0 or 3 * size * size != length:
+        raise DataError(f"{path}: image byte length {length} fits no square uint8 RGB image "
+                        "(expected 3*S*S); this is not a shard of the original format")
+    if mask_lengths.tolist() != [size * size]:
+        raise DataError(f"{path}: mask byte length {mask_lengths.tolist()[:5]} does not match "
+                        f"{size}x{size} images (expected {size * size})")
+    return size
+
+
+def read_shard(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
+    """Decode one shard.
+
+    Returns:
+        images: uint8 [n, S, S, 3] in [0, 255]; masks: uint8 [n, S, S] (foreground 255),
+        in file order. S is inferred from the byte length of the records.
+    Raises:
+        DataError naming the file if it is missing, truncated, CRC-corrupt, empty, or its
+        records fit no square image.
+    """
+    path = os.fspath(path)
+    image_bytes, mask_bytes = _read_raw(path)
+    size = _infer_size(path, image_bytes, mask_bytes)
+    images = tf.reshape(tf.io.decode_raw(image_bytes, tf.uint8), [-1, size, size, 3])
+    masks = tf.reshape(tf.io.decode_raw(mask_bytes, tf.uint8), [-1, size, size])
+    return images.numpy(), masks.numpy()
+
+
+def resize_examples(images: np.ndarray, masks: np.ndarray,
+                    image_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Resize to ``image_size`` x ``image_size``; a no-op when already that size.
+
+    Args:
+        images: uint8 [n, S, S, 3]; masks: uint8 [n, S, S].
+    Returns:
+        images uint8 [n, s, s, 3] (bilinear, rounded and clipped back to uint8) and masks
+        uint8 [n, s, s] (nearest neighbour, so a binary mask stays binary).
+    """
+    images, masks = np.asarray(images), np.asarray(masks)
+    if images.shape[1:3] == (image_size, image_size):
+        return images, masks
+    if image_size <= 0:
+        raise DataError(f"image_size must be positive, got {image_size}")
+    out_images, out_masks = [], []
+    for start in range(0, len(images), _RESIZE_CHUNK):
+        chunk = slice(start, start + _RESIZE_CHUNK)
+        # Antialiasing only changes downscaling (where plain bilinear would alias, e.g.
+        # 224 -> 64 px); upscaling is ordinary bilinear interpolation.
+        resized = tf.image.resize(images[chunk], [image_size, image_size], "bilinear",
+                                  antialias=True)
+        out_images.append(tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8))
+        out_masks.append(tf.image.resize(masks[chunk][..., None], [image_size, image_size],
+                                         "nearest")[..., 0])
+    if not out_images:  # n == 0
+        return (np.zeros((0, image_size, image_size, 3), np.uint8),
+                np.zeros((0, image_size, image_size), np.uint8))
+    return tf.concat(out_images, 0).numpy(), tf.concat(out_masks, 0).numpy()
+
+
+def mask_to_two_channel(masks) -> tf.Tensor:
+    """uint8 masks [..., H, W] (foreground 255) -> float32 [..., H, W, 2].
+
+    Channel 0 is background ``(255 - m) / 255``, channel 1 foreground ``m / 255``, as the
+    original reader built its targets; the channels sum to 1.
+    """
+    m = tf.cast(masks, tf.float32)
+    return tf.stack([(255.0 - m) / 255.0, m / 255.0], axis=-1)
+
+
+def load_task(path: Union[PathLike, Sequence[PathLike]],
+              image_size: int | None = None) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Read one task (a shard, or several shards concatenated, e.g. a merged FP-k task).
+
+    Args:
+        path: a shard path or a list of shard paths.
+        image_size: resize to this side; None keeps the stored size (which must then be
+            the same in every shard).
+    Returns:
+        images: float32 [n, S, S, 3] in [0, 255] (not rescaled, as the original);
+        masks: float32 [n, S, S, 2], channel 0 background, channel 1 foreground.
+    """
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths:
+        raise DataError("load_task needs at least one shard path")
+    parts = [read_shard(p) for p in paths]
+    sizes = {images.shape[1] for images, _ in parts}
+    if image_size is None and len(sizes) > 1:
+        raise DataError(f"shards {[os.fspath(p) for p in paths]} store different image sizes "
+                        f"{sorted(sizes)}; pass image_size to resize them to one")
+    if image_size is not None:
+        parts = [resize_examples(images, masks, image_size) for images, masks in parts]
+    images = np.concatenate([images for images, _ in parts])
+    masks = np.concatenate([masks for _, masks in parts])
+    return tf.cast(tf.constant(images), tf.float32), mask_to_two_channel(masks)

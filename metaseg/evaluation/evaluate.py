@@ -1,0 +1,155 @@
+"""Evaluating an initialisation: fine-tune on each task's support set, score its queries.
+
+REFERENCE.md section 7. Every task starts from the model's full saved state: the
+adaptation is a pure function of the model's variable values, so nothing is exported,
+imported or restored per task and the model's variables are bit-identical afterwards. Each
+task's fine-tuning is one call of the compiled adaptation (``metaseg.meta.adapt``), and its
+episodes come from a prefetched tf.data pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from metaseg.config import EvalConfig, InnerConfig
+from metaseg.data import episodes
+from metaseg.evaluation import metrics, predictions
+from metaseg.meta.adapt import Adapter, AdaptState
+
+RESULTS_FILE = "meta-test_results.json"
+
+
+@dataclasses.dataclass
+class EvalResults:
+    """Scores of one evaluation: per-task lists over repetitions."""
+
+    task_scores: Dict[str, List[float]]
+    sample_means: List[float]  # mean task IoU of each repetition
+
+    @property
+    def mean_iou(self) -> float:
+        """Mean over repetitions of the mean task IoU (NaNs ignored), as the original."""
+        return float(np.nanmean(self.sample_means)) if self.sample_means else float("nan")
+
+    @property
+    def ci95(self) -> float:
+        """95 % CI half-width over every (task, repetition) score."""
+        return metrics.mean_and_ci95([s for v in self.task_scores.values() for s in v])[1]
+
+    def to_json(self) -> dict:
+        return {"mean_iou": self.mean_iou, "ci95": self.ci95, "task_scores": self.task_scores}
+
+
+class Evaluator:
+    """Fine-tune-and-score evaluation of ``model``'s current weights."""
+
+    def __init__(self, model: keras.Model, inner: InnerConfig, config: EvalConfig,
+                 adapter: Optional[Adapter] = None):
+        self.model, self.inner, self.config = model, inner, config
+        self.adapter = adapter or Adapter(model, inner)
+        self._saver = None
+
+    def evaluate(self, store, *, task_indices: Optional[Sequence[int]] = None,
+                 num_samples: Optional[int] = None, serial: Optional[bool] = None,
+                 learning_rate: Optional[float] = None, steps: Optional[int] = None,
+                 save_dir: Optional[str] = None, label: str = "test") -> EvalResults:
+        """Evaluate on the tasks of ``store``.
+
+        ``num_samples`` repetitions (default ``eval_samples``); in each, every task once if
+        ``serial`` (default ``serially_eval_all_test_tasks``) else one task drawn with the
+        seed. ``save_dir`` saves each adapted model to ``<save_dir>/<task>/<sample>/``.
+        """
+        cfg = self.config
+        num_samples = cfg.eval_samples if num_samples is None else num_samples
+        serial = cfg.serially_eval_all_test_tasks if serial is None else serial
+        steps = cfg.eval_iters if steps is None else steps
+        lr = tf.constant(self.inner.learning_rate if learning_rate is None else learning_rate,
+                         tf.float32)
+        start = self.adapter.initial_state()  # the full saved state, never written back
+        all_tasks = list(range(len(store))) if task_indices is None else list(task_indices)
+        rng = np.random.default_rng(cfg.seed)
+        scores: Dict[str, List[float]] = {}
+        sample_means = []
+        progress = keras.utils.Progbar(num_samples * (len(all_tasks) if serial else 1),
+                                       verbose=1 if sys.stderr.isatty() else 0)
+        for sample in range(num_samples):
+            tasks = all_tasks if serial else [int(rng.choice(all_tasks))]
+            sample_scores = []
+            for element in self._episodes(store, tasks, steps, sample):
+                name = store.names[int(element["task"])]
+                score = self._score_task(start, element, lr, steps, name, sample, save_dir)
+                scores.setdefault(name, []).append(score)
+                sample_scores.append(score)
+                progress.add(1)
+            sample_means.append(float(np.nanmean(sample_scores)))
+            logging.info("%s evaluation %d/%d: mean IoU %.4f", label, sample + 1, num_samples,
+                         sample_means[-1])
+        return EvalResults(scores, sample_means)
+
+    def _episodes(self, store, tasks, steps, sample):
+        cfg = self.config
+        return episodes.evaluation_dataset(
+            store, tasks, shots=cfg.shots, eval_iters=steps, eval_batch=cfg.eval_batch,
+            replacement=self.inner.replacement, augment=self.inner.augment,
+            aug_rate=self.inner.aug_rate, seed=cfg.seed, sample=sample)
+
+    def _score_task(self, start: AdaptState, element, lr, steps, name, sample, save_dir) -> float:
+        end, _ = self.adapter.adapt(start, element["x"], element["y"], lr, tf.constant(0),
+                                    tf.constant(max(steps, 1)))
+        probs = self.predict(end, element["support_x"], element["query_x"])
+        ious = metrics.binary_iou(probs, element["query_y"]).numpy()
+        if save_dir:
+            self._save(end, os.path.join(save_dir, name, str(sample)), steps)
+        if self.config.save_predictions_dir:
+            predictions.save_overlays(self.config.save_predictions_dir, name, sample,
+                                      element["query_x"], probs, element["query_y"])
+        return float(np.nanmean(ious))
+
+    def predict(self, state: AdaptState, support_x, query_x) -> tf.Tensor:
+        """Query probabilities [Q,S,S,2] in inference mode.
+
+        Transductive: the query images as one batch. Otherwise, as the original did, each
+        query image is fed after the support images and only its own output is kept.
+        """
+        if self.config.transductive:
+            return self.adapter.predict(state, query_x)
+        outputs = [self.adapter.predict(state, tf.concat([support_x, q[None]], 0))[-1]
+                   for q in tf.unstack(query_x)]
+        return tf.stack(outputs)
+
+    def _save(self, state: AdaptState, directory: str, steps: int) -> None:
+        """Write an adapted state in metaseg's checkpoint layout (loadable by restore_weights)."""
+        if self._saver is None:
+            shadow = tf.nest.map_structure(lambda t: tf.Variable(t, trainable=False),
+                                           (list(state.trainable), list(state.non_trainable)))
+            iteration = tf.Variable(0, dtype=tf.int64)
+            self._saver = (shadow, iteration, tf.train.Checkpoint(
+                trainable=shadow[0], non_trainable=shadow[1], iteration=iteration))
+        shadow, iteration, checkpoint = self._saver
+        for var, value in zip(shadow[0] + shadow[1], list(state.trainable) +
+                              list(state.non_trainable)):
+            var.assign(value)
+        iteration.assign(steps)
+        os.makedirs(directory, exist_ok=True)
+        checkpoint.write(os.path.join(directory, f"model.ckpt-{steps}"))
+        with open(os.path.join(directory, "checkpoint"), "w", encoding="utf-8") as f:
+            f.write(f'model_checkpoint_path: "model.ckpt-{steps}"\n')
+
+
+def write_results(directory: str, results: EvalResults, name: str = RESULTS_FILE) -> str:
+    """Write per-task score lists, mean IoU and CI to ``<directory>/<name>`` atomically."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(results.to_json(), f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return path

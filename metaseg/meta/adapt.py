@@ -1,0 +1,137 @@
+"""The compiled adaptation: K inner-loop steps on weight tensors as one ``tf.function``.
+
+An adaptation is a pure function
+
+    (AdaptState, x [K,B,S,S,3], y [K,B,S,S,2], learning rate, step offset, total steps)
+        -> (AdaptState, per-step losses [K])
+
+where ``AdaptState`` holds the three buckets of state (STYLE.md point 4): trainable weights,
+non-trainable weights (batch-norm moving statistics and the dropout seed state) and the
+inner optimiser's state. The network runs through ``model.stateless_call`` so the Keras
+variables are never touched; callers decide which buckets to write back (meta-training
+writes the trainable weights, evaluation writes nothing). The loop is a ``tf.while_loop``
+inside one ``tf.function`` with a fixed input signature, so nothing retraces across tasks,
+meta-iterations, learning rates or step counts, and nothing crosses to Python per step.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from metaseg.config import InnerConfig
+from metaseg.meta import optim
+from metaseg.models import losses
+
+
+class AdaptState(NamedTuple):
+    """The full state one adaptation reads and returns (lists aligned with the model's)."""
+
+    trainable: list
+    non_trainable: list
+    opt: tuple  # optim.SGDState or optim.AdamState
+
+
+def _spec(t) -> tf.TensorSpec:
+    return tf.TensorSpec(t.shape, t.dtype)
+
+
+class Adapter:
+    """Compiled inner loop and prediction for one Keras model.
+
+    Args:
+      model: a Keras model mapping float32 images [N,S,S,3] in [0,255] to probabilities
+        [N,S,S,2]. If it has a ``logits_model`` attribute (EfficientLab does), that model,
+        which shares every variable, is trained so the loss sees logits.
+      inner: optimiser, schedule, loss, regularisers and ``jit_compile``.
+      loss_fn: optional ``(trainable, logits, labels) -> scalar`` replacing the loss of
+        REFERENCE.md section 4 (for models with other objectives, and for tests).
+    """
+
+    def __init__(self, model: keras.Model, inner: InnerConfig, loss_fn=None):
+        self.model = model
+        self._loss_fn = loss_fn
+        self.net = getattr(model, "logits_model", model)
+        self.inner = inner
+        self.optimizer = optim.make_optimizer(inner)
+        self._regularized = losses.regularized_mask(self.net)
+        state_spec = tf.nest.map_structure(_spec, self.initial_state())
+        image = tf.TensorSpec([None, None, None, None, 3], tf.float32)
+        label = tf.TensorSpec([None, None, None, None, 2], tf.float32)
+        scalar_f, scalar_i = tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)
+        self.adapt = tf.function(
+            self._adapt, jit_compile=inner.jit_compile,
+            input_signature=[state_spec, image, label, scalar_f, scalar_i, scalar_i])
+        self.predict = tf.function(
+            self._predict, input_signature=[state_spec, tf.TensorSpec([None, None, None, 3])])
+
+    # -- state ---------------------------------------------------------------------------
+    def initial_state(self, opt=None) -> AdaptState:
+        """The model's current variable values, with fresh (or the given) optimiser state."""
+        trainable = [v.value for v in self.net.trainable_variables]
+        non_trainable = [v.value for v in self.net.non_trainable_variables]
+        if opt is None:
+            opt = self.optimizer.init(trainable)
+        return AdaptState(trainable, non_trainable, opt)
+
+    def assign(self, state: AdaptState, *, trainable: bool = True,
+               non_trainable: bool = True) -> None:
+        """Write the chosen buckets of ``state`` into the model's variables."""
+        if trainable:
+            for var, value in zip(self.net.trainable_variables, state.trainable, strict=True):
+                var.assign(value)
+        if non_trainable:
+            for var, value in zip(self.net.non_trainable_variables, state.non_trainable,
+                                  strict=True):
+                var.assign(value)
+
+    # -- compiled functions ----------------------------------------------------------------
+    def _adapt(self, state, x, y, learning_rate, step_offset, total_steps):
+        """K steps; x: float32 [K,B,S,S,3] in [0,255], y: float32 [K,B,S,S,2] one-hot."""
+        num_steps = tf.shape(x)[0]
+        step_losses = tf.TensorArray(tf.float32, size=num_steps)
+
+        def body(k, state, step_losses):
+            lr = optim.learning_rate_at(self.inner, learning_rate, step_offset + k, total_steps)
+            state, loss = self._step(state, x[k], y[k], lr)
+            return k + 1, state, step_losses.write(k, loss)
+
+        _, state, step_losses = tf.while_loop(
+            lambda k, *_: k < num_steps, body, (tf.constant(0), state, step_losses))
+        return state, step_losses.stack()
+
+    def _step(self, state, images, labels, learning_rate):
+        """One inner step in training mode (batch statistics, dropout on)."""
+        trainable = state.trainable
+        if self.inner.weight_decay != 1.0:  # REFERENCE.md section 5: multiply before the step.
+            trainable = [w * self.inner.weight_decay for w in trainable]
+        with tf.GradientTape() as tape:
+            tape.watch(trainable)
+            logits, non_trainable = self.net.stateless_call(
+                trainable, state.non_trainable, images, training=True)
+            loss = self.loss(trainable, logits, labels)
+        grads = tape.gradient(loss, trainable)
+        updates, opt = self.optimizer.update(grads, state.opt, trainable, learning_rate)
+        trainable = optim.apply_updates(trainable, updates)
+        return AdaptState(trainable, non_trainable, opt), loss
+
+    def loss(self, trainable, logits, labels):
+        """Segmentation loss plus the regularisers the flags switch on (section 4)."""
+        if self._loss_fn is not None:
+            return self._loss_fn(trainable, logits, labels)
+        inner = self.inner
+        loss = losses.segmentation_loss(
+            logits, labels, loss_name=inner.loss_name, label_smoothing=inner.label_smoothing)
+        if inner.l2 or inner.l1 or inner.darc1:
+            loss += losses.regularization_loss(
+                trainable, self._regularized, logits, l2=inner.l2, l1=inner.l1,
+                darc1=inner.darc1)
+        return loss
+
+    def _predict(self, state, images):
+        """Foreground/background probabilities [N,S,S,2] in inference mode."""
+        logits, _ = self.net.stateless_call(
+            state.trainable, state.non_trainable, images, training=False)
+        return tf.nn.softmax(logits, axis=-1)

@@ -1,0 +1,215 @@
+"""The meta-training driver: outer loop, checkpoints, resume, TensorBoard, progress.
+
+One meta-iteration takes ``meta_batch`` consecutive episodes from the training stream
+(element ``j`` of the stream is a pure function of (seed, j)), adapts to each with the
+compiled inner loop, and applies the algorithm's outer update to the model's trainable
+weights. Because episodes are indexed and the dropout seed state lives in the model's
+non-trainable weights (checkpointed), a run resumed from checkpoint ``i`` replays exactly
+what an uninterrupted run would have done from iteration ``i`` on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Callable, Dict, Mapping, Optional
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from metaseg.config import InnerConfig, MetaConfig
+from metaseg.data import episodes
+from metaseg.errors import MetasegError
+from metaseg.meta import checkpoints, weights
+from metaseg.meta.adapt import Adapter, AdaptState
+from metaseg.meta.algorithms import annealed_meta_step, make_algorithm, outer_update
+
+# Settings a resumed run must share with the run that wrote the checkpoint.
+RESUME_KEYS = ("model",)
+
+Evaluator = Callable[[keras.Model], Mapping[str, float]]
+
+
+class NonFiniteLossError(MetasegError):
+    """Meta-training produced a NaN or inf; no checkpoint of it is written."""
+
+
+class MetaTrainer:
+    """Meta-trains ``model`` on the tasks of ``store``.
+
+    Args:
+      model: the network (its variables are updated in place).
+      store: a ``metaseg.data.TaskStore`` of training tasks.
+      meta, inner: the meta-training and inner-loop settings.
+      checkpoint_dir: where checkpoints, ``config.json`` and TensorBoard logs go.
+      total_inner_steps: the ``total`` of the cosine schedule (the eval inner iterations).
+      config: the resolved run configuration (JSON-able dict) written beside checkpoints.
+      evaluators: name -> callable(model) returning scalars (e.g. {"IoU": 0.6}); run every
+        ``meta.eval_interval`` iterations and logged under ``<checkpoint_dir>/<name>``.
+    """
+
+    def __init__(self, model: keras.Model, store, *, meta: MetaConfig, inner: InnerConfig,
+                 checkpoint_dir: str, total_inner_steps: int, config: Optional[dict] = None,
+                 evaluators: Optional[Dict[str, Evaluator]] = None):
+        self.model, self.store, self.meta, self.inner = model, store, meta, inner
+        self.checkpoint_dir = checkpoint_dir
+        self.total_inner_steps = tf.constant(max(int(total_inner_steps), 1))
+        self.config = config or {}
+        self.evaluators = evaluators or {}
+        self.adapter = Adapter(model, inner)
+        self.algorithm = make_algorithm(meta.algorithm)
+        self.state = checkpoints.MetaState(model, self.adapter.initial_state().opt)
+        self.manager = tf.train.CheckpointManager(
+            self.state.checkpoint, checkpoint_dir, max_to_keep=meta.keep_checkpoints,
+            checkpoint_name=checkpoints.CHECKPOINT_NAME)
+        self._writers = {}
+
+    # -- resume ------------------------------------------------------------------------------
+    def restore(self, directory: Optional[str] = None) -> int:
+        """Restore the newest checkpoint of ``directory`` (default: our own); its iteration."""
+        directory = directory or self.checkpoint_dir
+        prefix = checkpoints.latest(directory)
+        if prefix is None:
+            return 0
+        stored = checkpoints.read_config(directory)
+        if stored is not None and self.config:
+            checkpoints.check_same_settings(directory, stored, self.config, RESUME_KEYS)
+        self.state.checkpoint.restore(prefix).assert_existing_objects_matched()
+        iteration = int(self.state.iteration.numpy())
+        logging.info("Resumed meta-training from %s at iteration %d", prefix, iteration)
+        return iteration
+
+    # -- the loop ----------------------------------------------------------------------------
+    def train(self) -> int:
+        """Run meta-training to ``meta.meta_iters``; returns the final iteration."""
+        meta = self.meta
+        start = self.restore()
+        if start >= meta.meta_iters:
+            logging.info("Checkpoint is already at iteration %d of %d; nothing to train",
+                         start, meta.meta_iters)
+            return start
+        if self.config:
+            checkpoints.write_config(self.checkpoint_dir, self.config)
+        stream = iter(self._episodes(start))
+        progress = _Progress(meta.meta_iters, start)
+        for iteration in range(start, meta.meta_iters):
+            tic = time.perf_counter()
+            epsilon = annealed_meta_step(iteration, meta.meta_iters, meta.meta_step,
+                                         meta.meta_step_final)
+            loss = self._meta_step(stream, iteration, epsilon)
+            self.state.iteration.assign(iteration + 1)
+            seconds = time.perf_counter() - tic
+            self._log_scalars("train", iteration + 1, {
+                "loss": loss, "meta_step_size": epsilon, "seconds_per_meta_iteration": seconds})
+            done = iteration + 1
+            if done % meta.eval_interval == 0 or done == meta.meta_iters:
+                self._evaluate(done, epsilon)
+            if done % meta.checkpoint_every == 0 or done == meta.meta_iters:
+                self.manager.save(checkpoint_number=done)
+            progress.update(done, loss)
+        return meta.meta_iters
+
+    def _episodes(self, start_iteration: int) -> tf.data.Dataset:
+        meta, inner = self.meta, self.inner
+        return episodes.meta_training_dataset(
+            self.store, train_shots=meta.train_shots, inner_iters=meta.inner_iters,
+            inner_batch=meta.inner_batch, replacement=inner.replacement, augment=inner.augment,
+            aug_rate=inner.aug_rate, foml_tail=meta.foml_tail,
+            tail_with_replacement=meta.sample_foml_train_val_with_replacement,
+            seed=meta.seed, start_index=start_iteration * meta.meta_batch)
+
+    def _meta_step(self, stream, iteration: int, epsilon: float) -> float:
+        """Adapt to ``meta_batch`` episodes and apply the outer update; the mean loss."""
+        theta = [v.value for v in self.state.trainable]
+        start_nt = [v.value for v in self.state.non_trainable]
+        opt = self.state.opt_state()
+        learning_rate = tf.constant(self.inner.learning_rate, tf.float32)
+        directions, end_states, task_losses = [], [], []
+        for _ in range(self.meta.meta_batch):
+            episode = next(stream)
+            if self.meta.reset_state_per_task:
+                state = AdaptState(theta, start_nt, self.adapter.optimizer.init(theta))
+            else:  # The original carries BN statistics and optimiser slots across tasks.
+                state = AdaptState(theta, *(end_states[-1][1:] if end_states else (start_nt, opt)))
+            direction, end, step_losses = self.algorithm.task_direction(
+                self.adapter, state, episode, learning_rate, self.total_inner_steps)
+            mean_loss = float(tf.reduce_mean(step_losses))
+            if not math.isfinite(mean_loss):
+                self._non_finite(iteration, episode)
+            directions.append(direction)
+            end_states.append(end)
+            task_losses.append(mean_loss)
+        new_theta = outer_update(theta, directions, tf.constant(epsilon, tf.float32))
+        if not bool(weights.all_finite(new_theta)):
+            self._non_finite(iteration, episode)
+        for var, value in zip(self.state.trainable, new_theta, strict=True):
+            var.assign(value)
+        for var, value in zip(self.state.non_trainable, self._next_statistics(end_states),
+                              strict=True):
+            var.assign(value)
+        if not self.meta.reset_state_per_task:
+            self.state.assign_opt_state(end_states[-1].opt)
+        return sum(task_losses) / len(task_losses)
+
+    def _next_statistics(self, end_states):
+        """Non-trainable weights after a meta-step.
+
+        Carry-over (the original): the last task's. Reset per task: every task started from
+        the same statistics, so keep their mean (floating) and the last seed state (integer),
+        which does not depend on the order of the tasks.
+        """
+        if not self.meta.reset_state_per_task:
+            return end_states[-1].non_trainable
+        columns = zip(*[s.non_trainable for s in end_states])
+        return [tf.add_n(list(c)) / len(c) if c[0].dtype.is_floating else c[-1]
+                for c in (list(col) for col in columns)]
+
+    def _non_finite(self, iteration: int, episode) -> None:
+        task = self.store.names[int(episode["task"])]
+        last = checkpoints.latest(self.checkpoint_dir) or "none yet"
+        raise NonFiniteLossError(
+            f"non-finite loss at meta-iteration {iteration + 1} on task {task!r}; nothing was "
+            f"saved; last good checkpoint: {last}; try a smaller --learning-rate or --meta-step")
+
+    # -- logging -----------------------------------------------------------------------------
+    def _evaluate(self, iteration: int, epsilon: float) -> None:
+        results = {}
+        for name, evaluate in self.evaluators.items():
+            scalars = dict(evaluate(self.model))
+            scalars["meta_step_size"] = epsilon
+            self._log_scalars(name, iteration, scalars)
+            results[name] = scalars.get("IoU", float("nan"))
+        if results:
+            logging.info("batch %d: %s", iteration,
+                         " ".join(f"{k}={v:.4f}" for k, v in results.items()))
+
+    def _log_scalars(self, name: str, step: int, scalars: Mapping[str, float]) -> None:
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(
+                os.path.join(self.checkpoint_dir, name))
+        with self._writers[name].as_default(step=step):
+            for key, value in scalars.items():
+                tf.summary.scalar(key, float(value))
+
+
+class _Progress:
+    """A Keras progress bar on a terminal; a log line every ~5 % otherwise (CI, files)."""
+
+    def __init__(self, total: int, start: int):
+        self.total, self.start, self.t0 = total, start, time.perf_counter()
+        self.bar = keras.utils.Progbar(total, stateful_metrics=["loss"]) if sys.stderr.isatty() \
+            else None
+        self.every = max(1, (total - start) // 20)
+
+    def update(self, done: int, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(done, values=[("loss", loss)])
+            return
+        if (done - self.start) % self.every == 0 or done == self.total:
+            elapsed = time.perf_counter() - self.t0
+            eta = elapsed / (done - self.start) * (self.total - done)
+            logging.info("meta-iteration %d/%d loss=%.4f elapsed=%.0fs ETA=%.0fs",
+                         done, self.total, loss, elapsed, eta)
