@@ -216,9 +216,9 @@ def random_rotate(image, mask, seed):
         grey = tf.floor(_uniform(s[4], 0.0, 256.0))
         return rotate(image, mask, angle, "constant", tf.where(_coin(s[2]), noise, grey))
 
-    return tf.switch_case(mode, [lambda: rotate(image, mask, angle, "reflect"), constant,
-                                 lambda: rotate(image, mask, angle, "reflect"),
-                                 lambda: rotate(image, mask, angle, "wrap")])
+    branch = tf.gather([0, 1, 0, 2], mode)  # reflect, constant, mirror -> reflect, wrap
+    return tf.switch_case(branch, [lambda: rotate(image, mask, angle, "reflect"), constant,
+                                   lambda: rotate(image, mask, angle, "wrap")])
 
 
 # ---------------------------------------------------------------- composition
@@ -246,17 +246,17 @@ def augment_example(image, mask, seed):
     """
     s = split_seed(seed, NUM_TRANSFORMS + 1)
     order, count = augmentation_plan(s[0])
-    # Six unrolled positions; position i runs transform order[i] or (past count) nothing.
-    for i in range(NUM_TRANSFORMS):
+
+    # One loop over the first `count` positions, one switch on the transform there: traced
+    # once (an unrolled loop would trace every transform six times).
+    def step(i, image, mask):
         branches = [functools.partial(fn, image, mask, s[i + 1]) for fn in RANDOM_TRANSFORMS]
-        branches.append(functools.partial(_identity, image, mask))
-        index = tf.where(i < count, order[i], NUM_TRANSFORMS)
-        image, mask = tf.switch_case(index, branches)
+        image, mask = tf.switch_case(order[i], branches)
+        return i + 1, image, mask
+
+    _, image, mask = tf.while_loop(lambda i, *_: i < count, step, (tf.constant(0), image, mask),
+                                   maximum_iterations=NUM_TRANSFORMS)
     return _clip(image), mask
-
-
-def _identity(image, mask):
-    return image, mask
 
 
 def maybe_augment(image, mask, seed, aug_rate):

@@ -61,7 +61,10 @@ def serialize_example(image: np.ndarray, mask: np.ndarray) -> bytes:
     _check_pair(image, mask)
     feature = {"image": _bytes_feature(np.ascontiguousarray(image).tobytes()),
                "mask": _bytes_feature(np.ascontiguousarray(mask).tobytes())}
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    # deterministic: map entries in key order, so equal inputs give byte-identical shards in
+    # every process (readers, the original's included, accept either order).
+    return example.SerializeToString(deterministic=True)
 
 
 def write_shard(path: PathLike, pairs: Iterable[Tuple[np.ndarray, np.ndarray]],

@@ -59,6 +59,7 @@ class Identity:
     palette: np.ndarray
     aspect: float
     area: float
+    reach: float
 
     @property
     def inside(self):
@@ -146,8 +147,7 @@ def identity(spec: ClassSpec, seed: int) -> Identity:
     rng = np.random.default_rng([seed, _IDENTITY_STREAM, spec.shape, spec.appearance,
                                  spec.variant])
     shape_params = rng.random(shapes.NUM_PARAMS)
-    family = shapes.SHAPE_FAMILIES[spec.shape]
+    area, reach = shapes.footprint(shapes.SHAPE_FAMILIES[spec.shape], shape_params)
     return Identity(spec=spec, shape_params=shape_params,
                     texture_params=rng.random(8), palette=appearance.class_palette(rng),
-                    aspect=float(rng.uniform(0.6, 1.0)),
-                    area=shapes.unit_area(family, shape_params))
+                    aspect=float(rng.uniform(0.6, 1.0)), area=area, reach=reach)

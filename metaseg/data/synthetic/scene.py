@@ -14,13 +14,14 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from metaseg.data.synthetic import appearance, shapes
+from metaseg.data.synthetic import appearance
 from metaseg.data.synthetic.catalog import Identity
 
 TARGET_AREA = (0.10, 0.40)  # fraction of the image the whole target covers
 DISTRACTOR_AREA = (0.04, 0.18)  # sometimes as large as the target: size is no cue
 MAX_OCCLUDED = 0.3
 FRONT_PROBABILITY = 0.35  # chance a distractor is painted over the target
+MIN_CLEAR = 0.4  # share of a distractor's area that must be in the image and off the target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +78,8 @@ def render_object(ident: Identity, size: int, area_fraction: float, whole: bool,
     stretch = max(np.sqrt(aspect), 1 / np.sqrt(aspect))
     radius = np.sqrt(area_fraction * size * size / ident.area)
     # Cap the scale so the bounding circle of the whole object fits in the image.
-    radius = min(radius, 0.49 * size / (shapes.EXTENT * stretch))
-    reach = radius * shapes.EXTENT * stretch
+    radius = min(radius, 0.49 * size / (ident.reach * stretch))
+    reach = radius * ident.reach * stretch
     low, high = (reach, size - reach) if whole else (0.0, float(size))
     centre = rng.uniform(low, max(low, high), size=2)
     window = (max(0, int(centre[0] - reach)), min(size, int(np.ceil(centre[0] + reach))),
@@ -94,6 +95,20 @@ def render_object(ident: Identity, size: int, area_fraction: float, whole: bool,
     light = 1.0 + rng.uniform(0.05, 0.2) * np.clip(u * rng.uniform(-1, 1) + v * rng.uniform(-1, 1),
                                                    -1, 1)
     return Layer(window, mask, rgb * light[..., None].astype(np.float32))
+
+
+def _place_distractor(ident: Identity, size: int, target: np.ndarray,
+                      rng: np.random.Generator, attempts: int = 4) -> Layer:
+    """A distractor pose that leaves it visible: at least ``MIN_CLEAR`` of its intended area
+    must lie inside the image and off the target (``target``: bool [size, size])."""
+    for _ in range(attempts):
+        area = rng.uniform(*DISTRACTOR_AREA)
+        layer = render_object(ident, size, area, False, rng)
+        y0, y1, x0, x1 = layer.window
+        clear = np.count_nonzero(layer.mask & ~target[y0:y1, x0:x1])
+        if clear >= MIN_CLEAR * area * size * size:
+            break
+    return layer
 
 
 def _paint(canvas: np.ndarray, layer: Layer) -> None:
@@ -130,8 +145,7 @@ def render_scene(target: Identity, distractors: Sequence[Identity], size: int,
     """One example of ``target`` among ``distractors`` (identities of other classes)."""
     canvas = appearance.background(rng, size)
     target_layer = render_object(target, size, rng.uniform(*TARGET_AREA), True, rng)
-    others = [render_object(d, size, rng.uniform(*DISTRACTOR_AREA), False, rng)
-              for d in distractors]
+    others = [_place_distractor(d, size, target_layer.full_mask(size), rng) for d in distractors]
     behind, front, visible = _arrange(target_layer, others, size, rng)
     for layer in behind + [target_layer] + front:
         _paint(canvas, layer)

@@ -11,7 +11,7 @@ classes of one family are related but distinct object kinds.
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 
@@ -179,8 +179,15 @@ SHAPE_FAMILIES = tuple(SHAPES)  # the order is part of the format: it keys rando
 EXTENT = 1.3  # every family lies inside [-EXTENT, EXTENT]^2 in object coordinates
 
 
-def unit_area(family: str, params: np.ndarray, resolution: int = 128) -> float:
-    """Area of a family's shape in object units (a unit disk has area pi), by sampling."""
+def footprint(family: str, params: np.ndarray, resolution: int = 128) -> Tuple[float, float]:
+    """(area, reach) of a class's shape in object units, by sampling a grid.
+
+    area: a unit disk has area pi. reach: the largest distance of a shape pixel from the
+    origin, so a pose can scale the object as large as the image allows.
+    """
     axis = (np.arange(resolution, dtype=np.float32) + 0.5) / resolution * 2 * EXTENT - EXTENT
     u, v = np.meshgrid(axis, axis)
-    return float(SHAPES[family](u, v, params).mean()) * (2 * EXTENT) ** 2
+    inside = SHAPES[family](u, v, params)
+    area = float(inside.mean()) * (2 * EXTENT) ** 2
+    reach = float(np.hypot(u, v)[inside].max()) + EXTENT / resolution
+    return area, reach

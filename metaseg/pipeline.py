@@ -1,0 +1,189 @@
+"""What ``run_metasegnet.py`` does, as a library function of a ``RunConfig``.
+
+The original's main: build the model, read the splits, meta-train (or restore with
+``--pretrained``), evaluate on the training tasks and then on the test (or validation)
+tasks, and write the results (REFERENCE.md section 7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import keras
+from absl import logging
+
+from metaseg.config import QUERY_SIZE, RunConfig
+from metaseg.data import TaskStore, list_tasks, make_splits, read_class_list
+from metaseg.errors import ConfigError, DataError
+from metaseg.evaluation.evaluate import EvalResults, Evaluator, write_results
+from metaseg.meta import checkpoints
+from metaseg.meta.trainer import MetaTrainer
+from metaseg.models import build_model, is_tf1_checkpoint, load_tf1_checkpoint
+
+QUICKSTART_HINT = ("pass --data-dir DIR (a folder of <class>.tfrecord.gzip shards) or "
+                   "--dataset synthetic for the embedded benchmark; see the README quickstart: "
+                   "python run_metasegnet.py --flagfile flags/quickstart.flags")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """Headline numbers of one run (also written to ``meta-test_results.json``)."""
+
+    test: EvalResults
+    train: Optional[EvalResults] = None
+    random_init: Optional[EvalResults] = None
+
+
+def resolve_data_dir(config: RunConfig) -> str:
+    """The shard directory: ``--data-dir``, or the embedded benchmark generated once."""
+    if config.data.data_dir:
+        return config.data.data_dir
+    if config.data.dataset != "synthetic":
+        raise ConfigError(f"no data: {QUICKSTART_HINT}")
+    from metaseg.data.synthetic import ensure_benchmark  # pylint: disable=import-outside-toplevel
+    syn = config.synthetic
+    return ensure_benchmark(syn.cache_dir, num_classes=syn.num_classes,
+                            examples_per_class=syn.examples_per_class,
+                            image_size=syn.image_size, seed=config.seed)
+
+
+def load_splits(config: RunConfig, data_dir: str):
+    """Train/val/test task lists (REFERENCE.md section 2)."""
+    data = config.data
+    test_file = data.test_tasks_file
+    if test_file is None and not data.fp_k_test_set:
+        default = os.path.join(data_dir, "test_classes.txt")  # the embedded benchmark's split
+        test_file = default if os.path.exists(default) else None
+    return make_splits(
+        list_tasks(data_dir),
+        test_classes=read_class_list(test_file) if test_file else None,
+        val_classes=read_class_list(data.val_tasks_file) if data.val_tasks_file else None,
+        num_val_tasks=data.num_val_tasks, fp_k_test_set=data.fp_k_test_set)
+
+
+def build(config: RunConfig) -> keras.Model:
+    """A freshly initialised model, seeded so that one seed gives one initialisation."""
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config.model)
+    if config.model.restore_efficient_net_weights_from:
+        load_tf1_checkpoint(model, config.model.restore_efficient_net_weights_from,
+                            backbone_only=True)
+    return model
+
+
+def restore(model: keras.Model, directory: str, *, skip_final_layer: bool) -> None:
+    """Load ``directory`` into ``model``: our checkpoints and the authors' TF1 ones alike."""
+    if checkpoints.is_metaseg_checkpoint(directory):
+        iteration = checkpoints.restore_weights(model, directory,
+                                                skip_final_layer=skip_final_layer)
+        logging.info("Restored metaseg checkpoint %s (meta-iteration %d)", directory, iteration)
+    elif is_tf1_checkpoint(directory):
+        load_tf1_checkpoint(model, directory, skip_final_layer=skip_final_layer)
+        logging.info("Restored TF1 checkpoint %s", directory)
+    else:
+        raise DataError(f"--checkpoint {directory} holds no metaseg or TF1 checkpoint; pass the "
+                        "directory meta-training wrote, or an authors' checkpoint directory")
+
+
+def _store(tasks, config: RunConfig, min_examples: int) -> TaskStore:
+    return TaskStore.load(tasks, config.data.image_size, min_examples=min_examples,
+                          drop_small=config.data.drop_small_tasks)
+
+
+def run(config: RunConfig) -> RunResult:
+    """Meta-train and/or evaluate as the flags say; returns the headline results."""
+    if config.uho.enabled or config.kshot.enabled:
+        raise ConfigError("--optimize_update_hyperparms_on_val_set and "
+                          "--run_k_shot_learning_curves_experiment are not available in this "
+                          "version of metaseg yet")
+    _check_writable(config.checkpoint)
+    data_dir = resolve_data_dir(config)
+    splits = load_splits(config, data_dir)
+    eval_tasks = splits.val if config.eval.eval_val_tasks else splits.test
+    needed = config.eval.shots + QUERY_SIZE
+    train_store = _store(splits.train, config, min_examples=1)
+    eval_store = _store(eval_tasks, config, min_examples=needed)
+    logging.info("%d training, %d validation, %d test tasks from %s", len(splits.train),
+                 len(splits.val), len(splits.test), data_dir)
+
+    model = build(config)
+    evaluator = Evaluator(model, config.inner, config.eval)
+    random_init = None
+    if config.eval.compare_random_init and not config.pretrained:
+        random_init = evaluator.evaluate(eval_store, label="random-init")
+    if config.pretrained:
+        restore(model, config.checkpoint,
+                skip_final_layer=config.do_not_restore_final_layer_weights)
+    else:
+        _meta_train(config, model, train_store, eval_store, evaluator)
+
+    if config.fine_tune_task:
+        return _fine_tune_one(config, evaluator, train_store, eval_store)
+    train_results = evaluator.evaluate(
+        _eval_subset(train_store, splits.train, config, needed), label="train",
+        save_dir=_save_dir(config, train=True))
+    logging.info("Mean IoU over all meta-train tasks: %.4f", train_results.mean_iou)
+    test_results = evaluator.evaluate(eval_store, label="test", save_dir=_save_dir(config))
+    write_results(config.checkpoint, test_results)
+    return RunResult(test=test_results, train=train_results, random_init=random_init)
+
+
+def _meta_train(config: RunConfig, model, train_store, eval_store, evaluator) -> None:
+    periodic = {  # one random task each, as the original's periodic evaluation
+        "train": lambda m: {"IoU": evaluator.evaluate(train_store, num_samples=1, serial=False,
+                                                      label="train").mean_iou},
+        "test": lambda m: {"IoU": evaluator.evaluate(eval_store, num_samples=1, serial=False,
+                                                     label="test").mean_iou},
+    }
+    trainer = MetaTrainer(model, train_store, meta=config.meta, inner=config.inner,
+                          checkpoint_dir=config.checkpoint,
+                          total_inner_steps=config.eval.eval_iters,
+                          config=dataclasses.asdict(config), evaluators=periodic)
+    if config.continue_training_from_checkpoint:
+        trainer.restore(config.continue_training_from_checkpoint)
+    trainer.train()
+
+
+def _eval_subset(train_store, tasks, config: RunConfig, needed: int) -> TaskStore:
+    """The training tasks that can supply an evaluation episode (the others are named)."""
+    small = {train_store.names[i] for i in range(len(train_store))
+             if train_store.num_examples(i) < needed}
+    if not small:
+        return train_store
+    logging.warning("Evaluating on training tasks: leaving out %d with fewer than --shots + %d "
+                    "= %d examples: %s", len(small), QUERY_SIZE, needed, ", ".join(sorted(small)))
+    return _store([t for t in tasks if t.name not in small], config, min_examples=needed)
+
+
+def _save_dir(config: RunConfig, train: bool = False) -> Optional[str]:
+    wanted = config.eval.save_fine_tuned_checkpoints_train if train \
+        else config.eval.save_fine_tuned_checkpoints
+    if not wanted:
+        return None
+    return os.path.join(config.eval.save_fine_tuned_checkpoints_dir, "train" if train else "test")
+
+
+def _fine_tune_one(config: RunConfig, evaluator, train_store, eval_store) -> RunResult:
+    """``--fine-tune-task NAME``: adapt to one named task and save it."""
+    for store in (eval_store, train_store):
+        if config.fine_tune_task in store.names:
+            index = store.names.index(config.fine_tune_task)
+            results = evaluator.evaluate(store, task_indices=[index], num_samples=1,
+                                         serial=True, save_dir=config.fine_tuned_checkpoint)
+            logging.info("Fine-tuned %s: query IoU %.4f, saved under %s",
+                         config.fine_tune_task, results.mean_iou, config.fine_tuned_checkpoint)
+            return RunResult(test=results)
+    raise DataError(f"--fine-tune-task {config.fine_tune_task!r} is not a task in the data")
+
+
+def _check_writable(directory: str) -> None:
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create --checkpoint directory {directory}: {e.strerror}") \
+            from None
+    if not os.access(directory, os.W_OK):
+        raise DataError(f"--checkpoint directory {directory} is not writable; choose another")
+
