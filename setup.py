@@ -16,6 +16,7 @@ setup(
     install_requires=[
         "tensorflow>=2.16,<2.22",
         "keras>=3.10",
+        "tensorboard",
         "numpy",
         "absl-py",
         "pillow",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import multiprocessing
 import os
 import tempfile
 import time
@@ -126,7 +125,8 @@ def _mask_array(path: str, im: Image.Image) -> np.ndarray:
     return mask[..., 0] if mask.ndim == 3 else mask
 
 
-def load_pair(image_path: str, mask_path: str, options: ConvertOptions):
+def load_pair(image_path: str, mask_path: str,
+              options: ConvertOptions) -> Tuple[np.ndarray, np.ndarray, bool, int]:
     """Decode and check one pair.
 
     Returns:
@@ -222,19 +222,16 @@ def convert_dataset(input_dir: str, output_dir: str, options: ConvertOptions,
     logging.info("Converting %d classes from %s with %d workers", len(class_dirs),
                  input_dir, workers)
     progress = _Progress(len(class_dirs))
-    if workers == 1:
-        reports = []
-        for class_dir in class_dirs:
-            reports.append(convert_class(class_dir, output_dir, options))
-            progress.update(reports[-1])
-        return reports
-    # spawn, not fork: TensorFlow is already initialised in this process.
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    # Threads, not processes: JPEG/PNG decoding (PIL) and GZIP writing (TF) release the GIL,
+    # and worker processes would each pay TensorFlow's multi-second import.
+    pool = concurrent.futures.ThreadPoolExecutor(workers)
+    try:
         futures = [pool.submit(convert_class, d, output_dir, options) for d in class_dirs]
         for future in concurrent.futures.as_completed(futures):
             progress.update(future.result())
-        return [f.result() for f in futures]
+    finally:  # on Ctrl-C or an error, start no further class; running ones finish cleanly
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [f.result() for f in futures]
 
 
 def summarize(reports: Sequence[ClassReport], output_dir: str, seconds: float) -> str:
@@ -262,13 +259,21 @@ def summarize(reports: Sequence[ClassReport], output_dir: str, seconds: float) -
     return "\n".join(lines)
 
 
+def check_skips(reports: Sequence[ClassReport], allow_skips: bool) -> None:
+    """DataError (exit 2) if anything was skipped, unless ``allow_skips``."""
+    skipped = sum(len(r.skipped) for r in reports)
+    if skipped and not allow_skips:
+        raise DataError(f"{skipped} files were skipped (listed above); fix them or pass "
+                        "--allow_skips")
+
+
 def define_flags() -> None:
     """Flags are defined only when run as a script, so importing this module is side-free."""
     flags.DEFINE_string("input_dir", None, "FSS-1000 folder: <class>/<n>.jpg + <n>.png.")
     flags.DEFINE_string("tfrecord_dir", None, "Output folder for <class>.tfrecord.gzip shards.")
     flags.DEFINE_bool("overwrite", False, "Replace existing shards (else they are kept).")
     flags.DEFINE_integer("image_size", 224, "Side of the stored square images.", lower_bound=1)
-    flags.DEFINE_integer("num_workers", None, "Parallel worker processes (default: all CPUs).",
+    flags.DEFINE_integer("num_workers", None, "Parallel worker threads (default: all CPUs).",
                          lower_bound=1)
     flags.DEFINE_bool("strict_size", False, "Skip images of another size instead of "
                       "resizing them (the original behaviour).")
@@ -286,10 +291,7 @@ def main(argv):
     start = time.monotonic()
     reports = convert_dataset(f.input_dir, f.tfrecord_dir, options, f.num_workers)
     print(summarize(reports, f.tfrecord_dir, time.monotonic() - start), flush=True)
-    skipped = sum(len(r.skipped) for r in reports)
-    if skipped and not f.allow_skips:
-        raise DataError(f"{skipped} files were skipped (listed above); fix them or pass "
-                        "--allow_skips")
+    check_skips(reports, f.allow_skips)
 
 
 if __name__ == "__main__":

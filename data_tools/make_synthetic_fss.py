@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from metaseg.errors import ConfigError, exit_on_error
 
@@ -29,12 +29,28 @@ flags.DEFINE_integer("num_workers", None, "Worker processes (default: one per CP
 flags.DEFINE_bool("overwrite", False, "Replace a benchmark already in --output_dir.")
 
 
-def _progress_bar(total: int):
-    """A keras Progbar (with ETA); sparse updates when stdout is a log file, not a terminal."""
-    import keras  # imported here: only the progress bar needs it
+class _LogProgress:
+    """Progress as log lines with an ETA, about every 5 % (for log files, not terminals)."""
 
-    interval = 0.5 if sys.stdout.isatty() else 15.0
-    return keras.utils.Progbar(total, interval=interval, unit_name="class")
+    def __init__(self, total: int):
+        self.total, self.start, self.next_report = total, time.monotonic(), 1
+
+    def update(self, done: int) -> None:
+        if done < self.next_report and done < self.total:
+            return
+        self.next_report = done + max(1, self.total // 20)
+        elapsed = time.monotonic() - self.start
+        logging.info("%d/%d classes written, %.0f s elapsed, ETA %.0f s", done, self.total,
+                     elapsed, elapsed / done * (self.total - done))
+
+
+def _progress(total: int):
+    """A keras Progbar (with ETA) on a terminal; periodic log lines otherwise."""
+    if not sys.stdout.isatty():
+        return _LogProgress(total)
+    import keras  # imported here: only the terminal progress bar needs it
+
+    return keras.utils.Progbar(total, unit_name="class")
 
 
 @exit_on_error
@@ -48,7 +64,7 @@ def main(argv):
     from metaseg.data import synthetic  # after flag checks: importing it loads TensorFlow
 
     start = time.monotonic()
-    bar = _progress_bar(FLAGS.num_classes)
+    bar = _progress(FLAGS.num_classes)
     names = synthetic.write_benchmark(
         FLAGS.output_dir, num_classes=FLAGS.num_classes,
         examples_per_class=FLAGS.examples_per_class, image_size=FLAGS.image_size,

@@ -66,11 +66,7 @@ def load_splits(config: RunConfig, data_dir: str):
 def build(config: RunConfig) -> keras.Model:
     """A freshly initialised model, seeded so that one seed gives one initialisation."""
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config.model)
-    if config.model.restore_efficient_net_weights_from:
-        load_tf1_checkpoint(model, config.model.restore_efficient_net_weights_from,
-                            backbone_only=True)
-    return model
+    return build_model(config.model)  # also restores --restore_efficient_net_weights_from
 
 
 def restore(model: keras.Model, directory: str, *, skip_final_layer: bool) -> None:

@@ -11,6 +11,7 @@ in [0, 255]; masks float32 ``[..., 2]`` one-hot (channel 0 background, 1 foregro
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Dict, Optional, Sequence
 
@@ -41,6 +42,8 @@ def inner_batch_indices(num_examples, num_batches: int, batch_size: int, replace
     Args: num_examples n (int or int scalar tensor); num_batches K and batch_size B (python
     ints); replacement; seed int [2].
     """
+    if num_batches == 0:
+        return tf.zeros([0, batch_size], tf.int32)
     if isinstance(num_examples, int):
         _check_batch(num_examples, batch_size, replacement, "--inner-batch")
     n = tf.cast(num_examples, tf.int32)
@@ -145,6 +148,7 @@ def meta_training_dataset(store: TaskStore, *, train_shots: int, inner_iters: in
                 replacement=replacement, augment=augment, aug_rate=float(aug_rate),
                 foml_tail=foml_tail, tail_with_replacement=tail_with_replacement)
 
+    @tf.autograph.experimental.do_not_convert  # explicit tf control flow only; converting is slow
     def episode(j):
         return _training_episode(store, fold_seed(base, j), **args)
 
@@ -274,18 +278,44 @@ def evaluation_dataset(store: TaskStore, task_indices: Sequence[int], *, shots: 
         raise ConfigError(f"--eval-iters must be >= 0 and --eval-batch positive, got "
                           f"{eval_iters} and {eval_batch}")
     _check_eval_tasks(store, task_indices, shots, QUERY_SIZE)
-    _check_batch(shots, eval_batch, replacement, "--eval-batch")
+    if eval_iters:  # no inner step, no batch to fill
+        _check_batch(shots, eval_batch, replacement, "--eval-batch")
 
-    def episode(task):
-        task_seed = _eval_seed(seed, sample, task)
-        out = _eval_episode(store, task, shots, QUERY_SIZE, task_seed)
-        out["x"], out["y"] = make_inner_batches(
-            out["support_x"], out["support_y"], num_batches=eval_iters, batch_size=eval_batch,
-            replacement=replacement, seed=fold_seed(task_seed, 1), augment=augment,
-            aug_rate=float(aug_rate))
-        out["task"] = task
-        return out
-
+    episode = _evaluation_fn(store, shots=shots, eval_iters=eval_iters, eval_batch=eval_batch,
+                             replacement=replacement, augment=augment, aug_rate=float(aug_rate),
+                             seed=int(seed))
+    sample = tf.constant(sample, tf.int64)
     return (tf.data.Dataset.from_tensor_slices(tf.constant(task_indices, tf.int32))
-            .map(episode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .map(lambda task: episode(task, sample), num_parallel_calls=tf.data.AUTOTUNE,
+                 deterministic=True)
             .prefetch(prefetch))
+
+
+# Evaluation builds a dataset per sample (200 in the published runs); tracing the episode
+# function each time would cost seconds per sample, so it is traced once per store and setup.
+_EVAL_FNS = weakref.WeakKeyDictionary()
+
+
+def _evaluation_fn(store: TaskStore, **setup):
+    """The compiled (task int32, sample int64) -> evaluation element function of a setup."""
+    cache = _EVAL_FNS.setdefault(store, {})
+    key = tuple(sorted(setup.items()))
+    if key not in cache:
+        _store_variables(store)
+        cache[key] = tf.function(functools.partial(_evaluation_element, store, **setup),
+                                 input_signature=[tf.TensorSpec([], tf.int32),
+                                                  tf.TensorSpec([], tf.int64)],
+                                 autograph=False)
+    return cache[key]
+
+
+def _evaluation_element(store, task, sample, *, shots, eval_iters, eval_batch, replacement,
+                        augment, aug_rate, seed) -> Dict[str, tf.Tensor]:
+    task_seed = _eval_seed(seed, sample, task)
+    out = _eval_episode(store, task, shots, QUERY_SIZE, task_seed)
+    out["x"], out["y"] = make_inner_batches(
+        out["support_x"], out["support_y"], num_batches=eval_iters, batch_size=eval_batch,
+        replacement=replacement, seed=fold_seed(task_seed, 1), augment=augment,
+        aug_rate=aug_rate)
+    out["task"] = task
+    return out

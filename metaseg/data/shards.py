@@ -16,7 +16,7 @@ import math
 import os
 import re
 import uuid
-from typing import Iterable, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -31,6 +31,7 @@ FEATURE_SPEC = {
     "mask": tf.io.FixedLenFeature([], tf.string),
 }
 _GZIP = "GZIP"
+_BATCH = 1 << 16  # records per tf.data batch: a whole shard in practice
 _RESIZE_CHUNK = 256  # examples resized at once: bounds float32 scratch memory
 
 
@@ -112,7 +113,7 @@ def _tf_error_detail(error: tf.errors.OpError) -> str:
 
 def _read_raw(path: str) -> Tuple[tf.Tensor, tf.Tensor]:
     """Both bytes features of every record: two string tensors [n]."""
-    dataset = tf.data.TFRecordDataset(path, compression_type=_GZIP).batch(1 << 16)
+    dataset = tf.data.TFRecordDataset(path, compression_type=_GZIP).batch(_BATCH)
     images, masks = [], []
     try:
         for batch in dataset:  # one iteration for any real shard
@@ -130,8 +131,12 @@ def _read_raw(path: str) -> Tuple[tf.Tensor, tf.Tensor]:
         raise DataError(f"{path}: records are not tf.train.Examples with bytes features "
                         f"'image' and 'mask' ({detail})") from None
     if not images:
-        raise DataError(f"{path}: shard holds no examples; re-convert it or remove it")
+        raise _empty_shard_error(path)
     return tf.concat(images, 0), tf.concat(masks, 0)
+
+
+def _empty_shard_error(path: str) -> DataError:
+    return DataError(f"{path}: shard holds no examples; re-convert it or remove it")
 
 
 def _infer_size(path: str, image_bytes: tf.Tensor, mask_bytes: tf.Tensor) -> int:
@@ -152,22 +157,69 @@ def _infer_size(path: str, image_bytes: tf.Tensor, mask_bytes: tf.Tensor) -> int
     return size
 
 
+def _decode(path: str, image_bytes: tf.Tensor, mask_bytes: tf.Tensor):
+    size = _infer_size(path, image_bytes, mask_bytes)
+    images = tf.reshape(tf.io.decode_raw(image_bytes, tf.uint8), [-1, size, size, 3])
+    masks = tf.reshape(tf.io.decode_raw(mask_bytes, tf.uint8), [-1, size, size])
+    # np.asarray shares the tensors' memory (read-only); .numpy() would copy the whole task.
+    return np.asarray(images), np.asarray(masks)
+
+
 def read_shard(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
     """Decode one shard.
 
     Returns:
         images: uint8 [n, S, S, 3] in [0, 255]; masks: uint8 [n, S, S] (foreground 255),
-        in file order. S is inferred from the byte length of the records.
+        in file order, as read-only arrays (copy before writing into them). S is inferred
+        from the byte length of the records.
     Raises:
         DataError naming the file if it is missing, truncated, CRC-corrupt, empty, or its
         records fit no square image.
     """
     path = os.fspath(path)
-    image_bytes, mask_bytes = _read_raw(path)
-    size = _infer_size(path, image_bytes, mask_bytes)
-    images = tf.reshape(tf.io.decode_raw(image_bytes, tf.uint8), [-1, size, size, 3])
-    masks = tf.reshape(tf.io.decode_raw(mask_bytes, tf.uint8), [-1, size, size])
-    return images.numpy(), masks.numpy()
+    return _decode(path, *_read_raw(path))
+
+
+def read_shards(paths: Sequence[PathLike],
+                cycle_length: int = 8) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """``[read_shard(p) for p in paths]`` through one interleaved, parallel tf.data pipeline.
+
+    Same results and errors, several times faster for many small shards (FSS-1000: 1000
+    shards of 10 examples), where a separate eager pipeline per shard costs more than the
+    reading itself.
+    """
+    paths = [os.fspath(p) for p in paths]
+    if len(paths) < 2:
+        return [read_shard(p) for p in paths]
+
+    def records(index, path):
+        return tf.data.TFRecordDataset(path, compression_type=_GZIP).batch(_BATCH).map(
+            lambda batch: (index, tf.io.parse_example(batch, FEATURE_SPEC)))
+
+    dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), paths)).interleave(
+        records, cycle_length=cycle_length, num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True).prefetch(tf.data.AUTOTUNE)
+    pieces: Dict[int, list] = {i: [] for i in range(len(paths))}
+    try:
+        for index, parsed in dataset:
+            i = int(index)
+            pieces[i].append(_decode(paths[i], parsed["image"], parsed["mask"]))
+    except (tf.errors.OpError, UnicodeDecodeError):
+        # The pipeline's error does not reliably name the file: re-read the shards one by
+        # one, so that the DataError does.
+        return [read_shard(p) for p in paths]
+    return [_join_pieces(paths[i], pieces[i]) for i in range(len(paths))]
+
+
+def _join_pieces(path: str, pieces: list) -> Tuple[np.ndarray, np.ndarray]:
+    """One shard's decoded batches (one, unless it holds more than _BATCH records)."""
+    if not pieces:
+        raise _empty_shard_error(path)
+    if len(pieces) == 1:
+        return pieces[0]
+    if len({images.shape[1] for images, _ in pieces}) > 1:
+        raise DataError(f"{path}: images of different sizes in one shard; re-convert it")
+    return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
 
 
 def resize_examples(images: np.ndarray, masks: np.ndarray,
@@ -198,7 +250,7 @@ def resize_examples(images: np.ndarray, masks: np.ndarray,
     if not out_images:  # n == 0
         return (np.zeros((0, image_size, image_size, 3), np.uint8),
                 np.zeros((0, image_size, image_size), np.uint8))
-    return tf.concat(out_images, 0).numpy(), tf.concat(out_masks, 0).numpy()
+    return np.asarray(tf.concat(out_images, 0)), np.asarray(tf.concat(out_masks, 0))
 
 
 def mask_to_two_channel(masks) -> tf.Tensor:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from metaseg.data.shards import SHARD_SUFFIX, read_shard, resize_examples
+from metaseg.data.shards import SHARD_SUFFIX, read_shards, resize_examples
 from metaseg.errors import ConfigError, DataError
 
 # REFERENCE.md section 2: each FP-k task merges every shard whose file name contains one
@@ -136,6 +136,19 @@ def _default_test(tasks: List[Task]) -> List[Task]:
     return tasks[-count:]
 
 
+def _test_and_rest(tasks: List[Task], test_classes: Optional[Sequence[str]],
+                   fp_k_test_set: bool) -> Tuple[List[Task], List[Task]]:
+    """The test tasks, and the tasks sharing no shard with them."""
+    if fp_k_test_set:
+        test = merge_fpk_tasks(tasks)
+    elif test_classes is not None:
+        test = _pick(tasks, test_classes, "test")
+    else:
+        test = _default_test(tasks)
+    held_out = {p for task in test for p in task.paths}
+    return test, [t for t in tasks if not held_out.intersection(t.paths)]
+
+
 def make_splits(tasks: Sequence[Task], *, test_classes: Optional[Sequence[str]] = None,
                 val_classes: Optional[Sequence[str]] = None, num_val_tasks: int = 0,
                 fp_k_test_set: bool = False) -> Splits:
@@ -145,27 +158,19 @@ def make_splits(tasks: Sequence[Task], *, test_classes: Optional[Sequence[str]] 
     train/val), else the named ``test_classes``, else the last ``round(0.24 n)`` names.
     Validation: the named ``val_classes``, else the last ``num_val_tasks`` training names.
     """
-    tasks = sorted(tasks, key=lambda t: t.name)
     if fp_k_test_set and test_classes is not None:
         raise ConfigError("--fp_k_test_set replaces the test-class list; do not pass both it "
-                          "and a test tasks file")
+                          "and --test_tasks_file")
     if val_classes is not None and num_val_tasks:
         raise ConfigError("pass either a validation class list or --num_val_tasks, not both")
-    if fp_k_test_set:
-        test = merge_fpk_tasks(tasks)
-        held_out = {p for task in test for p in task.paths}
-        rest = [t for t in tasks if not held_out.intersection(t.paths)]
-    else:
-        test = _pick(tasks, test_classes, "test") if test_classes is not None \
-            else _default_test(tasks)
-        test_names = {t.name for t in test}
-        rest = [t for t in tasks if t.name not in test_names]
+    test, rest = _test_and_rest(sorted(tasks, key=lambda t: t.name), test_classes,
+                                fp_k_test_set)
     if val_classes is not None:
         val = _pick(rest, val_classes, "validation")
+    elif num_val_tasks >= len(rest):
+        raise DataError(f"--num_val_tasks {num_val_tasks} leaves no training task: only "
+                        f"{len(rest)} tasks are not in the test set")
     else:
-        if num_val_tasks >= len(rest):
-            raise DataError(f"--num_val_tasks {num_val_tasks} leaves no training task: only "
-                            f"{len(rest)} tasks are not in the test set")
         val = rest[len(rest) - num_val_tasks:]
     val_names = {t.name for t in val}
     train = [t for t in rest if t.name not in val_names]
@@ -207,12 +212,15 @@ class TaskStore:
     @classmethod
     def load(cls, tasks: Sequence[Task], image_size: int, *, min_examples: int = 1,
              drop_small: bool = False, num_threads: Optional[int] = None) -> "TaskStore":
-        """Decode ``tasks`` (in parallel threads), resized to ``image_size`` px."""
+        """Decode ``tasks`` (one interleaved tf.data pipeline), resized to ``image_size`` px."""
         if not tasks:
             raise DataError("no tasks to load; check --data_dir and the splits")
+        paths = list(dict.fromkeys(p for task in tasks for p in task.paths))
+        decoded = dict(zip(paths, read_shards(paths)))
         threads = num_threads or min(16, 2 * (os.cpu_count() or 1))
-        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            parts = list(pool.map(lambda task: _read_task(task, image_size), tasks))
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:  # resizing, per task
+            parts = list(pool.map(lambda task: _join_task(task, decoded, image_size), tasks))
+        del decoded
         stored = sorted({size for _, _, size in parts})
         if stored != [image_size]:
             logging.info("Resized tasks stored at %s px to %d px", stored, image_size)
@@ -238,11 +246,13 @@ class TaskStore:
         return cls(names, np.concatenate(images_list), np.concatenate(masks_list), counts)
 
 
-def _read_task(task: Task, image_size: int) -> Tuple[np.ndarray, np.ndarray, int]:
-    """A task's shards read, resized to ``image_size`` and concatenated; and the stored size."""
-    parts = [read_shard(p) for p in task.paths]
-    stored = parts[0][0].shape[1]
-    parts = [resize_examples(images, masks, image_size) for images, masks in parts]
+def _join_task(task: Task, decoded: Dict[str, Tuple[np.ndarray, np.ndarray]],
+               image_size: int) -> Tuple[np.ndarray, np.ndarray, int]:
+    """A task's decoded shards resized to ``image_size`` and joined; and the stored size."""
+    parts = [resize_examples(*decoded[p], image_size) for p in task.paths]
+    stored = decoded[task.paths[0]][0].shape[1]
+    if len(parts) == 1:
+        return parts[0][0], parts[0][1], stored
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), stored
 
 

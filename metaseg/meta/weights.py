@@ -42,5 +42,6 @@ def interpolate(old: Sequence[tf.Tensor], new: Sequence[tf.Tensor], epsilon) -> 
 
 def all_finite(a: Sequence[tf.Tensor]) -> tf.Tensor:
     """Scalar bool: every element of every floating tensor in ``a`` is finite."""
-    checks = [tf.reduce_all(tf.math.is_finite(x)) for x in a if x.dtype.is_floating]
+    tensors = [tf.convert_to_tensor(x) for x in a]
+    checks = [tf.reduce_all(tf.math.is_finite(x)) for x in tensors if x.dtype.is_floating]
     return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)

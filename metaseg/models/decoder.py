@@ -54,17 +54,17 @@ def rsd_block(x, skip, width: int, reduction: int, residual: bool = True):
     p = rsd_prefix(reduction)
     up = AlignedResize(name=f"{p}upsample")([x, skip])
     cat = keras.layers.Concatenate(name=f"{p}concat")([up, skip])
-    if up.shape[-1] != width:
-        up = _unit(up, width, 1, f"{p}project")
-    filters = up.shape[-1]
-    b0 = _unit(cat, filters, 1, f"{p}branch0")
-    b1 = _unit(cat, filters, 3, f"{p}branch1", dilation=2)
+    # The branches get as many filters as the (projected) residual path: always width.
+    b0 = _unit(cat, width, 1, f"{p}branch0")
+    b1 = _unit(cat, width, 3, f"{p}branch1", dilation=2)
     b2 = SpatialMeanTile(name=f"{p}pool")(cat)
     pyramid = keras.layers.Concatenate(name=f"{p}pyramid")([b0, b1, b2])
     y = _unit(pyramid, width, 3, f"{p}fuse")
-    if residual:
-        y = keras.layers.Add(name=f"{p}add")([y, up])
-    return y
+    if not residual:
+        return y  # the projection below would feed nothing, so it is not built
+    if up.shape[-1] != width:
+        up = _unit(up, width, 1, f"{p}project")
+    return keras.layers.Add(name=f"{p}add")([y, up])
 
 
 def _conv_swish_dropout(x, width: int, kernel: int, name: str, dilation: int = 1):

@@ -124,7 +124,7 @@ def _check_names(prefix, wanted, available, unexpected) -> None:
 def _check_backbone(prefix, backbone: str, shapes) -> None:
     found = sorted({n.split("/", 1)[0] for n in shapes if n.startswith("efficientnet-")})
     if found and backbone not in found:
-        raise CheckpointError(f"checkpoint {prefix} holds a {found[0]} backbone but the "
+        raise CheckpointError(f"checkpoint {prefix} holds backbone {found[0]} but the "
                               f"model uses {backbone}; set --feature_extractor_name "
                               f"{found[0]}")
 

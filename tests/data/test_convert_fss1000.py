@@ -65,7 +65,8 @@ def test_convert_class_pairs_and_shuffles(tmp_path):
     # The shuffle is fixed by the seed: same seed, same order; another seed, another order.
     again = convert.convert_class(str(class_dir), str(tmp_path / "out"),
                                   convert.ConvertOptions(image_size=SIZE, overwrite=True))
-    assert again.written == 6 and _identify(*read_shard(tmp_path / "out/bus.tfrecord.gzip")) == order
+    assert again.written == 6
+    assert _identify(*read_shard(tmp_path / "out" / "bus.tfrecord.gzip")) == order
     convert.convert_class(str(class_dir), str(tmp_path / "out"),
                           convert.ConvertOptions(image_size=SIZE, overwrite=True, seed=1))
     assert _identify(*read_shard(tmp_path / "out/bus.tfrecord.gzip")) != order
@@ -201,11 +202,17 @@ def test_input_and_output_directory_errors(tmp_path):
         convert.find_class_dirs(str(tmp_path))
     assert str(error.value) == (f"input directory {tmp_path} holds no class folders; expected "
                                 f"{tmp_path}/<class>/<n>.jpg + <n>.png")
+    with pytest.raises(DataError, match="does not exist"):  # stops before touching the output
+        convert.convert_dataset(str(tmp_path / "nowhere"), str(tmp_path / "o"), OPTIONS, 1)
+    assert not (tmp_path / "o").exists()
     blocked = tmp_path / "loose.jpg" / "out"  # under a regular file: unwritable even as root
     with pytest.raises(DataError) as error:
         convert.prepare_output_dir(str(blocked))
     assert str(error.value) == (f"output directory {blocked} is not writable (Not a directory); "
                                 "choose another --tfrecord_dir")
+    _make_class(tmp_path / "in", "bus", 1)
+    with pytest.raises(DataError, match="is not writable"):  # stops before any class
+        convert.convert_dataset(str(tmp_path / "in"), str(blocked), OPTIONS, 1)
 
 
 def test_parallel_conversion_matches_serial(tmp_path):
@@ -244,15 +251,17 @@ def test_script_lists_skips_and_exits_2(tmp_path):
     assert f"  {tmp_path / 'in' / 'empty'}: no image/mask pairs in class folder" in result.stdout
     assert sorted(os.listdir(tmp_path / "out")) == ["bus.tfrecord.gzip", "cat.tfrecord.gzip"]
     assert len(read_shard(tmp_path / "out" / "cat.tfrecord.gzip")[0]) == 2
-    allowed = _run(*args, "--allow_skips")
-    assert allowed.returncode == 0, allowed.stderr
-    assert "Kept 2 existing shards (pass --overwrite to replace them): bus, cat" in allowed.stdout
 
 
-def test_script_stops_at_once_on_a_missing_input_dir(tmp_path):
-    result = _run("--input_dir", str(tmp_path / "nowhere"), "--tfrecord_dir", str(tmp_path / "o"))
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: input directory {tmp_path / 'nowhere'} does not exist; pass "
-                      "--input_dir pointing at the FSS-1000 folder (<class>/<n>.jpg + <n>.png)"]
-    assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
+def test_allow_skips_and_resume(tmp_path):
+    _make_class(tmp_path / "in", "bus", 2)
+    _mask_without_image(_make_class(tmp_path / "in", "cat", 1))
+    reports = convert.convert_dataset(str(tmp_path / "in"), str(tmp_path / "out"), OPTIONS, 1)
+    with pytest.raises(DataError) as error:
+        convert.check_skips(reports, allow_skips=False)
+    assert str(error.value) == ("1 files were skipped (listed above); fix them or pass "
+                                "--allow_skips")
+    convert.check_skips(reports, allow_skips=True)  # no error
+    again = convert.convert_dataset(str(tmp_path / "in"), str(tmp_path / "out"), OPTIONS, 1)
+    assert [(r.status, r.skipped) for r in again] == [("exists", []), ("exists", [])]
+    convert.check_skips(again, allow_skips=False)  # kept shards are not skips

@@ -255,3 +255,23 @@ def test_read_shard_rejects_missing_and_foreign_files(tmp_path):
             read_shard(path)
         assert str(error.value).startswith(
             f"{path}: records are not tf.train.Examples with bytes features 'image' and 'mask' (")
+
+
+def test_read_shards_matches_read_shard_and_names_a_bad_file(tmp_path, make_pairs):
+    paths = []
+    for k, (n, size) in enumerate([(3, 32), (2, 16), (4, 32)]):
+        images, masks = make_pairs(n, size, seed=20 + k, kind=k)
+        paths.append(tmp_path / f"c{k}{SHARD_SUFFIX}")
+        write_shard(paths[-1], zip(images, masks))
+    for (images, masks), path in zip(shards.read_shards(paths), paths):
+        expected_images, expected_masks = read_shard(path)
+        np.testing.assert_array_equal(images, expected_images)
+        np.testing.assert_array_equal(masks, expected_masks)
+    bad = tmp_path / f"bad{SHARD_SUFFIX}"
+    bad.write_bytes(paths[2].read_bytes()[:-100])
+    with pytest.raises(DataError, match=f"^{bad}: shard is truncated or corrupt"):
+        shards.read_shards([paths[0], bad, paths[1]])
+    empty = tmp_path / f"empty{SHARD_SUFFIX}"
+    _write_records(empty, [])
+    with pytest.raises(DataError, match=f"^{empty}: shard holds no examples"):
+        shards.read_shards([paths[0], empty])

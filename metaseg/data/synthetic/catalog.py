@@ -120,12 +120,16 @@ def _hold_out(combos: List[Tuple[int, int]], sizes: Dict[Tuple[int, int], int],
     return held
 
 
+def _too_few(num_classes: int) -> ConfigError:
+    return ConfigError(f"--num_classes must be at least {MIN_CLASSES} so that test classes "
+                       f"can be new combinations of trained families, got {num_classes}")
+
+
 @functools.lru_cache(maxsize=8)
 def catalogue(num_classes: int, seed: int) -> Catalogue:
     """The classes of a benchmark of ``num_classes`` classes, and its test split."""
     if num_classes < MIN_CLASSES:
-        raise ConfigError(f"--num_classes must be at least {MIN_CLASSES} so that test classes "
-                          f"can be new combinations of trained families, got {num_classes}")
+        raise _too_few(num_classes)
     rng = np.random.default_rng([seed, _CATALOGUE_STREAM])
     combos = _combinations(num_classes, rng)
     variants = [(combos[i % len(combos)], i // len(combos)) for i in range(num_classes)]
@@ -137,6 +141,8 @@ def catalogue(num_classes: int, seed: int) -> Catalogue:
     for (combo, _) in variants:
         sizes[combo] = sizes.get(combo, 0) + 1
     held = _hold_out(combos, sizes, max(1, round(TEST_FRACTION * num_classes)), rng)
+    if not held:  # cannot happen from MIN_CLASSES on; kept so a change cannot go unnoticed
+        raise _too_few(num_classes)
     test = frozenset(c.name for c in specs if (c.shape, c.appearance) in held)
     return Catalogue(tuple(sorted(specs, key=lambda c: c.name)), test)
 

@@ -2,9 +2,9 @@
 
 Objects are rendered in their bounding window only (a vectorised inside-test and texture on
 the window's pixel centres), then painted back to front. The mask is the target's *visible*
-pixels: distractors painted in front of it cut it, and a distractor that would hide more
-than ``MAX_OCCLUDED`` of the target is moved behind it instead, so the target stays
-recognisable.
+pixels: distractors painted in front of it cut it, but one that would bring the hidden part
+of the target above ``MAX_OCCLUDED`` is moved behind it instead, so the target stays
+recognisable. Distractors are placed so that most of each stays visible.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from metaseg.data.synthetic.catalog import Identity
 
 TARGET_AREA = (0.10, 0.40)  # fraction of the image the whole target covers
 DISTRACTOR_AREA = (0.04, 0.18)  # sometimes as large as the target: size is no cue
-MAX_OCCLUDED = 0.3
+MAX_OCCLUDED = 0.3  # largest share of the target that distractors may hide
 FRONT_PROBABILITY = 0.35  # chance a distractor is painted over the target
 MIN_CLEAR = 0.4  # share of a distractor's area that must be in the image and off the target
 
@@ -54,7 +54,7 @@ class Scene:
     distractors: np.ndarray
 
 
-def _object_frame(size: int, window, centre, radius, angle, aspect, mirror):
+def _object_frame(window, centre, radius, angle, aspect, mirror):
     """Pixel centres of a window mapped into object coordinates: two float32 arrays."""
     y0, y1, x0, x1 = window
     dy = (np.arange(y0, y1, dtype=np.float32) + 0.5 - centre[0])[:, None]
@@ -67,33 +67,41 @@ def _object_frame(size: int, window, centre, radius, angle, aspect, mirror):
     return u, v
 
 
-def render_object(ident: Identity, size: int, area_fraction: float, whole: bool,
-                  rng: np.random.Generator) -> Layer:
-    """Draw a pose for the class and render it.
-
-    area_fraction: wanted share of the image covered by the whole object. whole: keep the
-    object inside the image (targets) rather than letting it run off an edge (distractors).
-    """
+def _pose(ident: Identity, size: int, area_fraction: float, whole: bool,
+          rng: np.random.Generator):
+    """Draw position, scale, rotation, aspect and mirroring; return (window, u, v, radius)."""
     aspect = ident.aspect * rng.uniform(0.85, 1.15)
     stretch = max(np.sqrt(aspect), 1 / np.sqrt(aspect))
     radius = np.sqrt(area_fraction * size * size / ident.area)
     # Cap the scale so the bounding circle of the whole object fits in the image.
-    radius = min(radius, 0.49 * size / (ident.reach * stretch))
+    radius = np.float32(min(radius, 0.49 * size / (ident.reach * stretch)))
     reach = radius * ident.reach * stretch
     low, high = (reach, size - reach) if whole else (0.0, float(size))
     centre = rng.uniform(low, max(low, high), size=2)
     window = (max(0, int(centre[0] - reach)), min(size, int(np.ceil(centre[0] + reach))),
               max(0, int(centre[1] - reach)), min(size, int(np.ceil(centre[1] + reach))))
     mirror = np.float32(rng.choice([-1.0, 1.0]))
-    u, v = _object_frame(size, window, centre, np.float32(radius), rng.uniform(0, 2 * np.pi),
-                         aspect, mirror)
+    u, v = _object_frame(window, centre, radius, rng.uniform(0, 2 * np.pi), aspect, mirror)
+    return window, u, v, radius
+
+
+def render_object(ident: Identity, size: int, area_fraction: float, whole: bool,
+                  rng: np.random.Generator) -> Layer:
+    """Draw a pose for the class and render it.
+
+    area_fraction: wanted share of the image covered by the whole object (thin shapes may
+    get less: the object must fit). whole: keep the object inside the image (targets)
+    rather than letting it run off an edge (distractors).
+    """
+    window, u, v, radius = _pose(ident, size, area_fraction, whole, rng)
     mask = ident.inside(u, v, ident.shape_params)
     colours = appearance.jitter_palette(ident.palette, rng)
+    # The texture is softened over about one pixel: 1 / radius in object units.
     mix = ident.texture(u, v, ident.texture_params, rng.random(2), 1.0 / radius)[..., None]
     rgb = colours[0] + (colours[1] - colours[0]) * mix.astype(np.float32)
     # Mild directional shading so objects look solid, not like flat stickers.
-    light = 1.0 + rng.uniform(0.05, 0.2) * np.clip(u * rng.uniform(-1, 1) + v * rng.uniform(-1, 1),
-                                                   -1, 1)
+    slope = rng.uniform(-1, 1, size=2)
+    light = 1.0 + rng.uniform(0.05, 0.2) * np.clip(u * slope[0] + v * slope[1], -1, 1)
     return Layer(window, mask, rgb * light[..., None].astype(np.float32))
 
 
@@ -133,11 +141,19 @@ def _arrange(target: Layer, others: Sequence[Layer], size: int,
 
 
 def _finish(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Global exposure/contrast jitter and sensor noise; float32 -> uint8 [S, S, 3]."""
+    """Global exposure/contrast jitter and sensor noise; float32 -> uint8 [S, S, 3].
+
+    Works in place on ``canvas`` (a full image per call makes this the hottest step).
+    """
     contrast, offset = rng.uniform(0.85, 1.15), rng.uniform(-12, 12)
-    canvas = (canvas - 128.0) * np.float32(contrast) + np.float32(128.0 + offset)
-    canvas += np.float32(rng.uniform(1.5, 5.0)) * rng.standard_normal(canvas.shape, np.float32)
-    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    canvas *= np.float32(contrast)
+    canvas += np.float32(128.0 * (1 - contrast) + offset)
+    noise = rng.standard_normal(canvas.shape, np.float32)
+    noise *= np.float32(rng.uniform(1.5, 5.0))
+    canvas += noise
+    np.rint(canvas, out=canvas)
+    np.clip(canvas, 0, 255, out=canvas)
+    return canvas.astype(np.uint8)
 
 
 def render_scene(target: Identity, distractors: Sequence[Identity], size: int,

@@ -18,6 +18,7 @@ from typing import Callable, List, Optional
 
 from absl import logging
 
+from metaseg.config import default_cache_dir
 from metaseg.data.shards import SHARD_SUFFIX, write_shard
 from metaseg.data.synthetic import catalog as cat
 from metaseg.data.synthetic.render import render_class
@@ -28,18 +29,17 @@ TRAIN_SPLIT_FILE = "train_classes.txt"
 TEST_SPLIT_FILE = "test_classes.txt"
 GENERATOR_VERSION = 1  # bump when rendering changes, so cached benchmarks are regenerated
 MIN_IMAGE_SIZE = 16
-CACHE_ENV = "METASEG_CACHE"
 
 
-def _validate(num_classes: int, examples_per_class: int, image_size: int) -> None:
+def _validate(num_classes: int, examples_per_class: int, image_size: int, seed: int) -> None:
     if examples_per_class < 1:
         raise ConfigError(f"--examples_per_class must be at least 1, got {examples_per_class}")
     if image_size < MIN_IMAGE_SIZE:
         raise ConfigError(f"--image_size must be at least {MIN_IMAGE_SIZE}, got {image_size}")
-    cat.catalogue(num_classes, 0)  # raises naming --num_classes when too small to split
+    cat.catalogue(num_classes, seed)  # raises naming --num_classes when too small to split
 
 
-def _make_writable(output_dir: str) -> None:
+def _make_writable(output_dir: str, hint: str = "choose another --output_dir") -> None:
     try:
         os.makedirs(output_dir, exist_ok=True)
         probe = os.path.join(output_dir, f".write-probe-{os.getpid()}")
@@ -48,7 +48,7 @@ def _make_writable(output_dir: str) -> None:
         os.remove(probe)
     except OSError as e:
         raise DataError(f"cannot write to output directory {output_dir}: "
-                        f"{e.strerror or e}; choose another --output_dir") from None
+                        f"{e.strerror or e}; {hint}") from None
 
 
 def _clear_previous(output_dir: str, names: List[str], overwrite: bool) -> None:
@@ -58,7 +58,8 @@ def _clear_previous(output_dir: str, names: List[str], overwrite: bool) -> None:
     shards = [f for f in entries if f.endswith(SHARD_SUFFIX)]
     ours = os.path.exists(marker)
     if not overwrite and (ours or shards):
-        what = "a synthetic benchmark" if ours else f"{len(shards)} shards"
+        plural = "" if len(shards) == 1 else "s"
+        what = "a synthetic benchmark" if ours else f"{len(shards)} shard{plural}"
         raise DataError(f"{output_dir} already holds {what}; pass --overwrite to replace it "
                         "or choose an empty --output_dir")
     wanted = {n + SHARD_SUFFIX for n in names}
@@ -119,7 +120,7 @@ def _parameters(num_classes, examples_per_class, image_size, seed) -> dict:
             "image_size": image_size, "seed": seed}
 
 
-def default_workers() -> int:
+def _default_workers() -> int:
     """CPUs this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
@@ -137,13 +138,13 @@ def write_benchmark(output_dir: str, *, num_classes: int = 1000, examples_per_cl
         ConfigError naming the flag for out-of-range arguments; DataError if the directory
         is not writable, or already holds shards or a benchmark and ``overwrite`` is False.
     """
-    _validate(num_classes, examples_per_class, image_size)
+    _validate(num_classes, examples_per_class, image_size, seed)
     output_dir = os.fspath(output_dir)
     _make_writable(output_dir)
     catalogue = cat.catalogue(num_classes, seed)
     names = catalogue.names
     _clear_previous(output_dir, names, overwrite)
-    workers = max(1, min(num_workers or default_workers(), num_classes))
+    workers = max(1, min(num_workers or _default_workers(), num_classes))
     logging.info("Writing %d classes x %d images at %d px to %s with %d worker(s)",
                  num_classes, examples_per_class, image_size, output_dir, workers)
     start = time.monotonic()
@@ -162,12 +163,6 @@ def write_benchmark(output_dir: str, *, num_classes: int = 1000, examples_per_cl
     return names
 
 
-def default_cache_dir() -> str:
-    """``$METASEG_CACHE`` if set, else ``~/.cache/metaseg``."""
-    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache",
-                                                     "metaseg")
-
-
 def _is_complete(path: str, parameters: dict) -> bool:
     try:
         with open(os.path.join(path, MARKER_FILE), encoding="utf-8") as f:
@@ -183,7 +178,7 @@ def ensure_benchmark(cache_dir: Optional[str] = None, *, num_classes: int = 1000
     """Return a directory holding the benchmark for these parameters, generating it once.
 
     The directory is ``<cache_dir>/synthetic-fss-n{N}-e{E}-s{S}-seed{seed}`` (``cache_dir``
-    defaults to ``default_cache_dir()``); it is reused when its marker records the same
+    defaults to ``metaseg.config.default_cache_dir()``); it is reused when its marker records the same
     parameters and generator version, and regenerated otherwise (e.g. after an interrupted run).
     """
     cache_dir = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -192,6 +187,7 @@ def ensure_benchmark(cache_dir: Optional[str] = None, *, num_classes: int = 1000
     if _is_complete(path, _parameters(num_classes, examples_per_class, image_size, seed)):
         logging.info("Using the synthetic benchmark cached at %s", path)
         return path
+    _make_writable(path, "set $METASEG_CACHE (or --cache_dir) to a writable directory")
     write_benchmark(path, num_classes=num_classes, examples_per_class=examples_per_class,
                     image_size=image_size, seed=seed, num_workers=num_workers, overwrite=True)
     return path
