@@ -178,8 +178,9 @@ def ensure_benchmark(cache_dir: Optional[str] = None, *, num_classes: int = 1000
     """Return a directory holding the benchmark for these parameters, generating it once.
 
     The directory is ``<cache_dir>/synthetic-fss-n{N}-e{E}-s{S}-seed{seed}`` (``cache_dir``
-    defaults to ``metaseg.config.default_cache_dir()``); it is reused when its marker records the same
-    parameters and generator version, and regenerated otherwise (e.g. after an interrupted run).
+    defaults to ``metaseg.config.default_cache_dir()``); it is reused when its marker records
+    the same parameters and generator version, and regenerated otherwise (e.g. after an
+    interrupted run).
     """
     cache_dir = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
     path = os.path.join(cache_dir, f"synthetic-fss-n{num_classes}-e{examples_per_class}"
