@@ -105,7 +105,7 @@ def run(config: RunConfig) -> RunResult:
                  len(splits.val), len(splits.test), data_dir)
 
     model = build(config)
-    evaluator = Evaluator(model, config.inner, config.eval)
+    evaluator = Evaluator(model, config.inner, config.eval, run_config=dataclasses.asdict(config))
     random_init = None
     if config.eval.compare_random_init and not config.pretrained:
         random_init = evaluator.evaluate(eval_store, label="random-init")
@@ -156,9 +156,8 @@ def _eval_subset(train_store, tasks, config: RunConfig, needed: int) -> TaskStor
 def _save_dir(config: RunConfig, train: bool = False) -> Optional[str]:
     wanted = config.eval.save_fine_tuned_checkpoints_train if train \
         else config.eval.save_fine_tuned_checkpoints
-    if not wanted:
-        return None
-    return os.path.join(config.eval.save_fine_tuned_checkpoints_dir, "train" if train else "test")
+    # Training and test task names are disjoint, so both share <dir>/<task>/<sample>/.
+    return config.eval.save_fine_tuned_checkpoints_dir if wanted else None
 
 
 def _fine_tune_one(config: RunConfig, evaluator, train_store, eval_store) -> RunResult:

@@ -62,19 +62,20 @@ def _clip(image):
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
-def _grid(image):
-    """int32 row and column index grids ``[S, S, 1]`` of an image."""
-    size = tf.shape(image)[:2]
-    rows = tf.range(size[0])[:, None, None] + tf.zeros([1, size[1], 1], tf.int32)
-    cols = tf.range(size[1])[None, :, None] + tf.zeros([size[0], 1, 1], tf.int32)
-    return rows, cols
+def _axes(image):
+    """int32 row indices ``[S, 1, 1]`` and column indices ``[1, S, 1]`` of an image.
+
+    1-D ranges that broadcast: full-size index grids cost as much as the transforms.
+    """
+    size = tf.shape(image)
+    return tf.range(size[0])[:, None, None], tf.range(size[1])[None, :, None]
 
 
 # ---------------------------------------------------------------- 1. random erasing
 def erase(image, mask, top, left, height, width, value):
     """Set the box ``[top:top+height, left:left+width]`` to ``value`` (all channels) and background."""
-    rows, cols = _grid(image)
-    inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
+    rows, cols = _axes(image)
+    inside = ((rows >= top) & (rows < top + height)) & ((cols >= left) & (cols < left + width))
     image = tf.where(inside, tf.cast(value, tf.float32), image)
     return image, _one_hot(tf.where(inside, 0.0, _foreground(mask)))
 
@@ -106,10 +107,13 @@ def translate(image, mask, shift, vertical, fill, colour):
     """
     shift = tf.cast(shift, tf.int32)
     axis = tf.where(vertical, 0, 1)
-    rows, cols = _grid(image)
-    coord = tf.where(vertical, rows, cols)
+    rows, cols = _axes(image)
     extent = tf.shape(image)[axis]
-    gap = tf.where(shift > 0, coord < shift, coord >= extent + shift) & fill
+
+    def strip(coord):  # the indices the roll wrapped round
+        return tf.where(shift > 0, coord < shift, coord >= extent + shift)
+
+    gap = ((strip(rows) & vertical) | (strip(cols) & ~vertical)) & fill
     image = tf.where(gap, tf.cast(colour, tf.float32), tf.roll(image, shift, axis))
     fg = tf.where(gap, 0.0, tf.roll(_foreground(mask), shift, axis))
     return image, _one_hot(fg)

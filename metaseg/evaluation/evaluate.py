@@ -23,6 +23,7 @@ from absl import logging
 from metaseg.config import EvalConfig, InnerConfig
 from metaseg.data import episodes
 from metaseg.evaluation import metrics, predictions
+from metaseg.meta import checkpoints
 from metaseg.meta.adapt import Adapter, AdaptState
 
 RESULTS_FILE = "meta-test_results.json"
@@ -53,8 +54,11 @@ class Evaluator:
     """Fine-tune-and-score evaluation of ``model``'s current weights."""
 
     def __init__(self, model: keras.Model, inner: InnerConfig, config: EvalConfig,
-                 adapter: Optional[Adapter] = None):
+                 adapter: Optional[Adapter] = None, run_config: Optional[dict] = None):
+        """``run_config`` (JSON-able) is written beside every saved adapted checkpoint so the
+        model can be rebuilt from it."""
         self.model, self.inner, self.config = model, inner, config
+        self.run_config = run_config
         self.adapter = adapter or Adapter(model, inner)
         self._saver = None
 
@@ -143,6 +147,8 @@ class Evaluator:
         checkpoint.write(os.path.join(directory, f"model.ckpt-{steps}"))
         with open(os.path.join(directory, "checkpoint"), "w", encoding="utf-8") as f:
             f.write(f'model_checkpoint_path: "model.ckpt-{steps}"\n')
+        if self.run_config is not None:
+            checkpoints.write_config(directory, self.run_config)
 
 
 def write_results(directory: str, results: EvalResults, name: str = RESULTS_FILE) -> str:
