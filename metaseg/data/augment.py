@@ -106,6 +106,7 @@ def translate(image, mask, shift, vertical, fill, colour):
     and become background; otherwise the image is simply rolled (``np.roll``).
     """
     shift = tf.cast(shift, tf.int32)
+    vertical, fill = tf.cast(vertical, tf.bool), tf.cast(fill, tf.bool)
     axis = tf.where(vertical, 0, 1)
     rows, cols = _axes(image)
     extent = tf.shape(image)[axis]
