@@ -174,11 +174,14 @@ def _fine_tune_one(config: RunConfig, evaluator, train_store, eval_store) -> Run
 
 
 def _check_writable(directory: str) -> None:
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot create --checkpoint directory {directory}: {e.strerror}") \
-            from None
-    if not os.access(directory, os.W_OK):
+    """Fail early if ``directory`` cannot be created or written, without creating it: a run
+    stopped by bad input must leave no (empty) output directory behind."""
+    existing = os.path.abspath(directory)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise DataError(f"cannot create --checkpoint directory {directory}: {existing} is a "
+                        "file, not a directory; choose another")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise DataError(f"--checkpoint directory {directory} is not writable; choose another")
 

@@ -24,7 +24,7 @@ SKIP_DECODER_LAYERS = ("skip_project_conv", "skip_project_bn",
                        "skip_sep1_pw_bn",
                        "skip_sep2_dwconv", "skip_sep2_dw_bn", "skip_sep2_pw_conv",
                        "skip_sep2_pw_bn")
-FINAL_CONV = "final_conv"
+FINAL_CONV = "final_layer_weights"  # the original's name for the last 1x1 conv
 
 
 def conv_kernel_initializer():

@@ -83,6 +83,8 @@ class EfficientLab(keras.Model):
         self.backbone_weights = backbone_weights
         self.encoder = encoder
         self.decoder_width = int(features["reduction_4"].shape[-1])
+        # The last 1x1 conv, which --do_not_restore_final_layer_weights leaves out.
+        self.final_layer_name = decoder.FINAL_CONV
         # Stored around Keras's attribute tracking: it is a view of this model's own
         # layers, not a sublayer, so ``model.layers`` and weight files stay unchanged.
         self.__dict__["_logits_model"] = keras.Model(images, logits, name=f"{name}_logits")

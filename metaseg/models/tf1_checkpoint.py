@@ -17,7 +17,8 @@ from typing import Dict, List, Optional
 import tensorflow as tf
 from absl import logging
 
-from metaseg.errors import CheckpointError
+from metaseg.errors import CheckpointError, ConfigError
+from metaseg.models.efficientlab import EfficientLab
 from metaseg.models.tf1_names import ENCODER, FINAL, tf1_variables
 
 MAX_LISTED = 10
@@ -25,6 +26,7 @@ MAX_LISTED = 10
 _IGNORED_LEAVES = {"Adam", "Adam_1", "Momentum", "RMSProp", "RMSProp_1",
                    "ExponentialMovingAverage"}
 _IGNORED_NAMES = {"beta1_power", "beta2_power", "global_step", "learning_rate"}
+_ASPP_POOLED_KERNEL = "decode/spatial_pyramid_pooling/branch_2/conv2d/kernel"
 # Where a name lives -> the flag that decides whether/how the model has it.
 _FLAG_HINTS = ((r"^efficientnet-b\d+/", "--feature_extractor_name"),
                (r"^decode/spatial_pyramid_pooling/", "--spatial_pyramid_pooling"),
@@ -131,10 +133,17 @@ def _check_backbone(prefix, backbone: str, shapes) -> None:
 
 def _check_shapes(prefix, wanted, shapes) -> None:
     for name, variable in wanted.items():
-        if list(variable.shape) != shapes[name]:
+        if list(variable.shape) == shapes[name]:
+            continue
+        if name == _ASPP_POOLED_KERNEL and shapes[name][2] == 1:
             raise CheckpointError(
-                f"checkpoint {prefix}: {name} has shape {shapes[name]} but the model needs "
-                f"{list(variable.shape)}{_flag_hint([name])}")
+                f"checkpoint {prefix}: {name} has shape {shapes[name]}: the original's ASPP "
+                "pooled branch convolved a [N, C, 1, 1] tensor (a bug); metaseg builds the "
+                "documented branch, so original checkpoints trained with "
+                "--spatial_pyramid_pooling cannot be loaded")
+        raise CheckpointError(
+            f"checkpoint {prefix}: {name} has shape {shapes[name]} but the model needs "
+            f"{list(variable.shape)}{_flag_hint([name])}")
 
 
 def load_tf1_checkpoint(model, path: str, *, skip_final_layer: bool = False,
@@ -150,7 +159,11 @@ def load_tf1_checkpoint(model, path: str, *, skip_final_layer: bool = False,
         ImageNet EfficientNet checkpoint (``--restore_efficient_net_weights_from``).
     Raises:
       CheckpointError: no checkpoint, names that do not match, or a shape mismatch.
+      ConfigError: ``model`` is not an EfficientLab.
     """
+    if not isinstance(model, EfficientLab):
+        raise ConfigError(f"TF1 checkpoints hold EfficientLab weights; the model is "
+                          f"{type(model).__name__} (set --model_name efficientlab)")
     prefix = resolve_checkpoint_prefix(path)
     shapes = read_checkpoint_shapes(prefix)
     named = tf1_variables(model)

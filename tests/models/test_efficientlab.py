@@ -35,7 +35,7 @@ def test_probabilities_and_logits_at_64px(published_model):
 
 
 def test_any_multiple_of_16_and_not_square(published_model):
-    out = published_model(_images(1, 32)[:, :, :, :], training=False)
+    out = published_model(_images(1, 32), training=False)
     assert out.shape == (1, 32, 32, 2)
     x = np.zeros((1, 48, 80, 3), np.float32)
     assert published_model(x, training=False).shape == (1, 48, 80, 2)
@@ -155,3 +155,10 @@ def test_stateless_call_in_tf_function_returns_updated_state():
     _, unchanged = step(trainable, non_trainable, x, False)
     for a, b in zip(unchanged, non_trainable):
         np.testing.assert_array_equal(a, b)
+
+
+def test_final_layer_is_named_as_in_the_original(published_model):
+    """The engine finds the layer --do_not_restore_final_layer_weights skips by this name."""
+    layer = published_model.get_layer(published_model.final_layer_name)
+    assert published_model.final_layer_name == "final_layer_weights"
+    assert layer.kernel.shape == (1, 1, 112, 2) and layer.bias.shape == (2,)

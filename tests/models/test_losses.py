@@ -74,7 +74,7 @@ def test_regularized_mask_excludes_batch_norm_gamma_beta(published_model):
     assert all(p.endswith(("/gamma", "/beta")) for p in excluded)
     kept = [v.path for v, keep in zip(variables, mask) if keep]
     assert all(p.endswith(("/kernel", "/bias")) for p in kept)
-    assert "final_conv/bias" in kept and "block1a_se_reduce/bias" in kept
+    assert "final_layer_weights/bias" in kept and "block1a_se_reduce/bias" in kept
 
 
 def test_regularization_terms():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from metaseg.errors import CheckpointError
+from metaseg.errors import CheckpointError, ConfigError
 from metaseg.models import EfficientLab, is_tf1_checkpoint, load_tf1_checkpoint
 from tests.models import tf1_fixtures, tf1_reference
 
@@ -33,7 +33,7 @@ def test_probabilities_equal_the_original_graph(loaded_model, tf1_weights, size,
 
 def test_values_land_on_the_right_variables(loaded_model, tf1_weights):
     w = tf1_weights
-    np.testing.assert_array_equal(loaded_model.get_layer("final_conv").kernel.numpy(),
+    np.testing.assert_array_equal(loaded_model.get_layer("final_layer_weights").kernel.numpy(),
                                   w["decode/final_layer_weights/kernel"])
     np.testing.assert_array_equal(
         loaded_model.encoder.get_layer("block2a_dwconv").kernel.numpy(),
@@ -58,9 +58,9 @@ def test_prefix_and_foreign_absolute_path(tmp_path, tf1_checkpoint_dir, tf1_weig
 def test_skip_final_layer(tf1_checkpoint_dir, tf1_weights):
     keras.utils.set_random_seed(5)
     model = EfficientLab(rsd=(2, 4))
-    before = model.get_layer("final_conv").kernel.numpy()
+    before = model.get_layer("final_layer_weights").kernel.numpy()
     assert load_tf1_checkpoint(model, tf1_checkpoint_dir, skip_final_layer=True) == 245
-    np.testing.assert_array_equal(model.get_layer("final_conv").kernel.numpy(), before)
+    np.testing.assert_array_equal(model.get_layer("final_layer_weights").kernel.numpy(), before)
     np.testing.assert_array_equal(model.get_layer("rsd4_fuse_conv").bias.numpy(),
                                   tf1_weights["decode/decode_skip_connections_3/conv2d_2/bias"])
 
@@ -143,3 +143,27 @@ def test_is_tf1_checkpoint_rejects_other_formats(tmp_path):
     weights = tmp_path / "x.weights.h5"
     weights.write_bytes(b"not a checkpoint")
     assert not is_tf1_checkpoint(weights)
+
+
+def test_original_aspp_checkpoint_is_explained(tmp_path, tf1_weights):
+    """The original's pooled ASPP branch had a [1, 1, 1, D] kernel (it convolved the
+    channel means laid out spatially); we build the documented branch and say so."""
+    model = EfficientLab(rsd=(2, 4), spatial_pyramid_pooling=True)
+    weights = dict(tf1_weights)
+    aspp = "decode/spatial_pyramid_pooling"
+    for scope, layer in (("branch_0/", "aspp_branch0_conv"), ("branch_1/", "aspp_branch1_conv"),
+                         ("branch_2/", "aspp_branch2_conv"), ("", "aspp_project_conv")):
+        conv = model.get_layer(layer)
+        weights[f"{aspp}/{scope}conv2d/kernel"] = conv.kernel.numpy()
+        weights[f"{aspp}/{scope}conv2d/bias"] = conv.bias.numpy()
+    weights[f"{aspp}/branch_2/conv2d/kernel"] = np.zeros((1, 1, 1, 112), np.float32)
+    tf1_fixtures.save_tf1_checkpoint(tmp_path / "aspp", weights)
+    with pytest.raises(CheckpointError, match=r"ASPP pooled branch.*\(a bug\)"):
+        load_tf1_checkpoint(model, tmp_path / "aspp")
+
+
+def test_only_efficientlab_models(tf1_checkpoint_dir):
+    images = keras.Input((None, None, 3))
+    other = keras.Model(images, keras.layers.Conv2D(2, 1)(images))
+    with pytest.raises(ConfigError, match="--model_name efficientlab"):
+        load_tf1_checkpoint(other, tf1_checkpoint_dir)

@@ -1,0 +1,224 @@
+"""The evaluation protocol (REFERENCE.md section 7) on a tiny model: state untouched, both
+prediction modes, repetitions, determinism, saved adapted checkpoints, prediction images,
+the results file and no retracing across tasks."""
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from metaseg.config import EvalConfig, InnerConfig
+from metaseg.data import episodes
+from metaseg.evaluation.evaluate import RESULTS_FILE, EvalResults, Evaluator, write_results
+from metaseg.meta import checkpoints
+from tests.meta.conftest import tiny_logits_model, tiny_store
+
+SHOTS = 3  # tiny_store has 8 examples per task: 3 support + 5 query
+# Adam with BCE + dice learns the tiny tasks in a few steps, so the IoUs are far from 0.
+INNER = InnerConfig(learning_rate=0.05, loss_name="bce_dice")
+EVAL = EvalConfig(shots=SHOTS, eval_batch=2, eval_iters=5, eval_samples=1,
+                  serially_eval_all_test_tasks=True, transductive=True, seed=3)
+
+
+@pytest.fixture(scope="module")
+def store():
+    return tiny_store(num_tasks=4, examples=8, size=16)
+
+
+def make_evaluator(config=EVAL, model_seed=0, **changes):
+    """A fresh tiny model (batch norm + dropout, so it has moving statistics and a seed
+    state) and its evaluator."""
+    model = tiny_logits_model(seed=model_seed, dropout=0.5)
+    return Evaluator(model, INNER, dataclasses.replace(config, **changes))
+
+
+def snapshot(model):
+    return {v.path: np.array(v.numpy(), copy=True) for v in model.variables}
+
+
+class RecordingAdapt:
+    """Wraps ``adapter.adapt``, keeping every (start, end) state it returned."""
+
+    def __init__(self, adapter):
+        self.adapt, self.calls = adapter.adapt, []
+        adapter.adapt = self
+
+    def __call__(self, start, *args):
+        end, losses = self.adapt(start, *args)
+        self.calls.append((start, end))
+        return end, losses
+
+
+def test_every_variable_is_bit_identical_after_evaluation(store):
+    evaluator = make_evaluator()
+    model = evaluator.model
+    kinds = {v.path.rsplit("/", 1)[-1] for v in model.non_trainable_variables}
+    assert {"moving_mean", "moving_variance", "seed_generator_state"} <= kinds
+    before = snapshot(model)
+    recorder = RecordingAdapt(evaluator.adapter)
+    results = evaluator.evaluate(store, num_samples=2)
+    assert len(recorder.calls) == 2 * len(store)
+    # The adaptations really moved every bucket (training-mode batch norm, dropout seeds) ...
+    start, end = recorder.calls[0]
+    for bucket in ("trainable", "non_trainable"):
+        moved = [not np.array_equal(a, b) for a, b in zip(getattr(start, bucket),
+                                                            getattr(end, bucket))]
+        assert all(moved), bucket
+    # ... and none of it reached the model.
+    after = snapshot(model)
+    assert after.keys() == before.keys()
+    for path, value in before.items():
+        assert after[path].dtype == value.dtype and np.array_equal(after[path], value), path
+    assert all(len(v) == 2 for v in results.task_scores.values())
+
+
+def test_same_seed_gives_identical_results_and_another_seed_other_episodes(store):
+    first = make_evaluator().evaluate(store, num_samples=2)
+    again = make_evaluator().evaluate(store, num_samples=2)  # a fresh, equal model
+    assert first.task_scores == again.task_scores and first.sample_means == again.sample_means
+    evaluator = make_evaluator()
+    assert evaluator.evaluate(store, num_samples=2).task_scores == first.task_scores
+    assert evaluator.evaluate(store, num_samples=2).task_scores == first.task_scores  # twice
+    other = make_evaluator(seed=4).evaluate(store, num_samples=2)  # the episodes' seed
+    assert other.task_scores != first.task_scores
+
+
+def test_scores_are_real_ious(store):
+    results = make_evaluator().evaluate(store, num_samples=2)
+    scores = [s for v in results.task_scores.values() for s in v]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert np.mean(scores) > 0.5, scores  # the adapted tiny model finds the squares
+
+
+def test_transductive_and_not_give_the_same_query_predictions_in_inference_mode(store):
+    transductive = make_evaluator(transductive=True)
+    inductive = Evaluator(transductive.model, INNER,
+                          dataclasses.replace(EVAL, transductive=False),
+                          adapter=transductive.adapter)
+    support_x, support_y, query_x, _ = episodes.evaluation_episode(
+        store, 2, shots=SHOTS, seed=0)
+    x = support_x[None, :2]
+    y = support_y[None, :2]
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    start = transductive.adapter.initial_state()
+    adapted, _ = transductive.adapter.adapt(start, tf.repeat(x, 3, 0), tf.repeat(y, 3, 0),
+                                            tf.constant(0.05), tf.constant(0), tf.constant(3))
+    for state in (start, adapted):
+        a = transductive.predict(state, support_x, query_x).numpy()
+        b = inductive.predict(state, support_x, query_x).numpy()
+        assert a.shape == b.shape == (5, 16, 16, 2)
+        np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        assert np.array_equal(a[..., 1] > 0.5, b[..., 1] > 0.5)
+    # The query images are predicted differently from the support images (so keeping
+    # another image's output than the query's would have shown above).
+    support_pred = transductive.predict(adapted, support_x, support_x[:1]).numpy()
+    assert not np.allclose(support_pred[0], transductive.predict(adapted, support_x,
+                                                                 query_x).numpy()[-1])
+    assert inductive.evaluate(store).task_scores == \
+        transductive.evaluate(store).task_scores
+
+
+def test_serial_repetitions_score_every_task_once_each(store):
+    results = make_evaluator().evaluate(store, num_samples=3, serial=True)
+    assert sorted(results.task_scores) == sorted(store.names)
+    assert all(len(v) == 3 for v in results.task_scores.values())
+    assert len(results.sample_means) == 3
+    for sample, mean in enumerate(results.sample_means):
+        assert mean == pytest.approx(np.mean([v[sample] for v in results.task_scores.values()]))
+    # the repetitions draw different episodes
+    assert len({tuple(v) for v in results.task_scores.values()} - {(v[0],) * 3 for v in
+                                                                  results.task_scores.values()})
+
+
+def test_non_serial_repetitions_score_one_random_task_each(store):
+    results = make_evaluator().evaluate(store, num_samples=6, serial=False)
+    counts = [len(v) for v in results.task_scores.values()]
+    assert sum(counts) == 6 and len(results.sample_means) == 6
+    assert len(results.task_scores) > 1  # random tasks, not always the same one
+    means = sorted(results.sample_means)
+    assert means == pytest.approx(sorted(s for v in results.task_scores.values() for s in v))
+    # the config's default is the serial flag
+    assert make_evaluator(serially_eval_all_test_tasks=False).evaluate(
+        store, num_samples=2).task_scores.keys() <= set(store.names)
+    assert sum(len(v) for v in make_evaluator(serially_eval_all_test_tasks=False).evaluate(
+        store, num_samples=2).task_scores.values()) == 2
+
+
+def test_mean_iou_and_ci95_of_results():
+    results = EvalResults({"a": [0.2, 0.6], "b": [0.4, float("nan")]}, sample_means=[0.3, 0.6])
+    assert results.mean_iou == pytest.approx(0.45)  # mean over repetitions
+    # CI over every (task, repetition) score, NaN left out: 0.2, 0.6, 0.4
+    assert results.ci95 == pytest.approx(1.96 * np.sqrt(0.08 / 3) / np.sqrt(3))
+    assert EvalResults({"a": [float("nan")]}, [float("nan"), 0.5]).mean_iou == 0.5
+
+
+def test_write_results_json(tmp_path):
+    results = EvalResults({"cat": [0.25, 0.75], "dog": [0.5, 0.5]}, sample_means=[0.375, 0.625])
+    path = write_results(str(tmp_path / "run"), results)
+    assert path == str(tmp_path / "run" / RESULTS_FILE) and RESULTS_FILE == "meta-test_results.json"
+    data = json.loads(open(path, encoding="utf-8").read())
+    assert data["task_scores"] == {"cat": [0.25, 0.75], "dog": [0.5, 0.5]}
+    assert data["mean_iou"] == pytest.approx(0.5)
+    assert data["ci95"] == pytest.approx(1.96 * np.std([0.25, 0.75, 0.5, 0.5]) / 2)
+    assert os.listdir(tmp_path / "run") == [RESULTS_FILE]  # no temporary file left
+
+
+def test_saved_adapted_checkpoints_restore_the_adapted_weights(store, tmp_path):
+    evaluator = make_evaluator(eval_iters=4)
+    recorder = RecordingAdapt(evaluator.adapter)
+    run_config = {"model": {"rsd": None}, "note": "rebuild me"}
+    evaluator.run_config = run_config
+    initial = snapshot(evaluator.model)
+    evaluator.evaluate(store, task_indices=[1, 3], num_samples=2, save_dir=str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["task1", "task3"]
+    ends = [end for _, end in recorder.calls]  # order: sample 0 (task1, task3), sample 1 ...
+    for k, (sample, task) in enumerate([(0, "task1"), (0, "task3"), (1, "task1"),
+                                        (1, "task3")]):
+        directory = tmp_path / task / str(sample)
+        assert (directory / "model.ckpt-4.index").exists()
+        assert checkpoints.read_config(str(directory)) == run_config
+        fresh = tiny_logits_model(seed=7, dropout=0.5)
+        assert checkpoints.restore_weights(fresh, str(directory)) == 4
+        restored = [v.numpy() for v in fresh.trainable_variables]
+        for value, adapted in zip(restored, ends[k].trainable):
+            assert np.array_equal(value, adapted.numpy())
+        for var, adapted in zip(fresh.non_trainable_variables, ends[k].non_trainable):
+            assert np.array_equal(var.numpy(), adapted.numpy())
+        changed = [not np.array_equal(v.numpy(), initial[v.path]) for v in
+                   fresh.trainable_variables]
+        assert all(changed)
+    assert snapshot(evaluator.model).keys() == initial.keys()
+    assert all(np.array_equal(v, initial[p]) for p, v in snapshot(evaluator.model).items())
+
+
+def test_prediction_images(store, tmp_path):
+    out = tmp_path / "predictions"
+    evaluator = make_evaluator(save_predictions_dir=str(out))
+    evaluator.evaluate(store, task_indices=[0], num_samples=1)
+    names = sorted(os.listdir(out))
+    assert names == sorted([f"{kind}_task0_0_{i}.png" for kind in ("prediction", "truth")
+                            for i in range(5)])
+    _, _, query_x, query_y = episodes.evaluation_episode(store, 0, shots=SHOTS, seed=EVAL.seed)
+    for i in range(5):
+        image = query_x[i].numpy()
+        mask = query_y[i, ..., 1].numpy() > 0.5
+        tinted = np.round(0.5 * image + 0.5 * np.array([255.0, 0, 0])).astype(np.uint8)
+        plain = np.round(image).astype(np.uint8)
+        truth = np.asarray(Image.open(out / f"truth_task0_0_{i}.png"))
+        assert truth.shape == (16, 16, 3) and truth.dtype == np.uint8
+        assert np.array_equal(truth, np.where(mask[..., None], tinted, plain))
+        prediction = np.asarray(Image.open(out / f"prediction_task0_0_{i}.png"))
+        pixel_is_one_or_other = (prediction == tinted).all(-1) | (prediction == plain).all(-1)
+        assert pixel_is_one_or_other.all()
+
+
+def test_many_tasks_do_not_retrace_the_adaptation(store):
+    evaluator = make_evaluator(transductive=False)
+    evaluator.evaluate(store, num_samples=2)
+    evaluator.evaluate(store, num_samples=1, steps=2, learning_rate=0.1)
+    evaluator.evaluate(store, num_samples=3, serial=False)
+    assert evaluator.adapter.adapt.experimental_get_tracing_count() == 1
+    assert evaluator.adapter.predict.experimental_get_tracing_count() == 1
