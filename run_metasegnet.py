@@ -10,14 +10,15 @@ Every flag of the original ``args.py`` works, in either spelling (``--meta-iters
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # quiet TensorFlow unless asked
+from absl import app, logging
+from absl import flags as absl_flags
 
-from absl import app  # noqa: E402
-
-import flags  # noqa: E402
-from metaseg.errors import exit_on_error  # noqa: E402
+import flags
+from flags import definitions
+from metaseg.errors import exit_on_error
 
 flags.define_flags()
+absl_flags.adopt_module_key_flags(definitions)  # so --help lists them, not only --helpfull
 
 
 def print_summary(result) -> None:
@@ -32,8 +33,10 @@ def print_summary(result) -> None:
 
 @exit_on_error
 def main(argv):
-    del argv  # run_config_from_argv_or_exit already rejected stray words
-    from metaseg import pipeline  # pylint: disable=import-outside-toplevel
+    del argv  # parse_flags_or_exit already rejected stray words
+    # TensorFlow's C++ logs stay quiet unless --verbosity asks for more (or the user set it).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if logging.get_verbosity() > 0 else "3")
+    from metaseg import pipeline  # pylint: disable=import-outside-toplevel  (imports TF)
     config = flags.to_run_config()
     result = pipeline.run(config)
     print_summary(result)

@@ -188,6 +188,8 @@ _EVAL = [
           "Where fine-tuned checkpoints go: <dir>/<task>/<sample>/."),
     _flag("save_predictions_dir", "str", "eval.save_predictions_dir",
           "Write each query image with its predicted and true mask overlaid here."),
+    _flag("eval_train_tasks", "bool", "eval.eval_train_tasks",
+          "After meta-training, also evaluate on the training tasks (the original always did)."),
     _flag("compare_random_init", "bool", "eval.compare_random_init",
           "Also evaluate the random initialisation meta-training starts from, and print both."),
 ]

@@ -182,6 +182,7 @@ class EvalConfig:
     save_fine_tuned_checkpoints_train: bool = False
     save_fine_tuned_checkpoints_dir: str = "/tmp/checkpoints/fine-tuned"
     save_predictions_dir: Optional[str] = None
+    eval_train_tasks: bool = True
     compare_random_init: bool = False
     seed: int = 0
 

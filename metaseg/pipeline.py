@@ -94,8 +94,8 @@ def run(config: RunConfig) -> RunResult:
         raise ConfigError("--optimize_update_hyperparms_on_val_set and "
                           "--run_k_shot_learning_curves_experiment are not available in this "
                           "version of metaseg yet")
-    _check_writable(config.checkpoint)
     data_dir = resolve_data_dir(config)
+    _check_writable(config.checkpoint)
     splits = load_splits(config, data_dir)
     eval_tasks = splits.val if config.eval.eval_val_tasks else splits.test
     needed = config.eval.shots + QUERY_SIZE
@@ -117,10 +117,14 @@ def run(config: RunConfig) -> RunResult:
 
     if config.fine_tune_task:
         return _fine_tune_one(config, evaluator, train_store, eval_store)
-    train_results = evaluator.evaluate(
-        _eval_subset(train_store, splits.train, config, needed), label="train",
-        save_dir=_save_dir(config, train=True))
-    logging.info("Mean IoU over all meta-train tasks: %.4f", train_results.mean_iou)
+    train_results = None
+    if config.eval.eval_train_tasks:
+        # One random training task per repetition, as the original: its
+        # --serially_eval_all_test_tasks applies to the test tasks only.
+        train_results = evaluator.evaluate(
+            _eval_subset(train_store, splits.train, config, needed), label="train",
+            serial=False, save_dir=_save_dir(config, train=True))
+        logging.info("Mean IoU over all meta-train tasks: %.4f", train_results.mean_iou)
     test_results = evaluator.evaluate(eval_store, label="test", save_dir=_save_dir(config))
     write_results(config.checkpoint, test_results)
     return RunResult(test=test_results, train=train_results, random_init=random_init)
@@ -174,14 +178,10 @@ def _fine_tune_one(config: RunConfig, evaluator, train_store, eval_store) -> Run
 
 
 def _check_writable(directory: str) -> None:
-    """Fail early if ``directory`` cannot be created or written, without creating it: a run
-    stopped by bad input must leave no (empty) output directory behind."""
+    """Fail early, creating nothing, if ``directory`` could not be written."""
     existing = os.path.abspath(directory)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise DataError(f"cannot create --checkpoint directory {directory}: {existing} is a "
-                        "file, not a directory; choose another")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise DataError(f"--checkpoint directory {directory} is not writable; choose another")
-
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+        raise DataError(f"--checkpoint directory {directory} is not writable ({existing} is "
+                        "not a writable directory); choose another --checkpoint")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import tensorflow as tf
 
@@ -26,8 +27,8 @@ MAX_ANGLE = 45.0  # rotation range +/- 45 degrees
 
 
 def as_seed(seed) -> tf.Tensor:
-    """A Python int (-> ``[seed, 0]``) or an int ``[2]`` tensor -> int64 ``[2]`` seed."""
-    if isinstance(seed, int):
+    """An integer (-> ``[seed, 0]``) or an int ``[2]`` tensor/array -> int64 ``[2]`` seed."""
+    if isinstance(seed, numbers.Integral):
         return tf.constant([seed, 0], tf.int64)
     return tf.cast(tf.reshape(seed, [2]), tf.int64)
 
@@ -206,7 +207,8 @@ def rotate(image, mask, angle, fill_mode="reflect", fill=0.0):
 
 
 def random_rotate(image, mask, seed):
-    """Rotate by U(-45, 45) degrees with a border mode drawn from reflect/constant/mirror/wrap.
+    """Rotate by U(-45, 45) degrees (the original: whole degrees) with a border mode drawn
+    from reflect/constant/mirror/wrap.
 
     scipy's "mirror" (d c b | a b c d) has no TF fill mode; the nearest is REFLECT
     (d c b a | a b c d, scipy's "reflect"), so REFLECT is drawn half the time. In constant
