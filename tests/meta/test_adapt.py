@@ -94,3 +94,16 @@ def test_predict_gives_probabilities_in_inference_mode():
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
     want = tf.nn.softmax(model(x[0], training=False)).numpy()
     np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-6)
+
+
+def test_xla_compiled_adaptation_computes_the_same_function():
+    x, y = _batches(2, 2)
+    plain = Adapter(tiny_logits_model(seed=6), InnerConfig(sgd=True, learning_rate=0.05))
+    xla = Adapter(tiny_logits_model(seed=6), InnerConfig(sgd=True, learning_rate=0.05,
+                                                         jit_compile=True))
+    args = (x, y, tf.constant(0.05), tf.constant(0), tf.constant(2))
+    end_plain, losses_plain = plain.adapt(plain.initial_state(), *args)
+    end_xla, losses_xla = xla.adapt(xla.initial_state(), *args)
+    np.testing.assert_allclose(losses_xla.numpy(), losses_plain.numpy(), rtol=1e-4)
+    for a, b in zip(end_xla.trainable, end_plain.trainable):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
