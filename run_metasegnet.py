@@ -8,6 +8,7 @@ Every flag of the original ``args.py`` works, in either spelling (``--meta-iters
 ``--meta_iters``); see ``python run_metasegnet.py --helpfull`` and the README.
 """
 
+import dataclasses
 import os
 
 from absl import app, logging
@@ -16,6 +17,7 @@ from absl import flags as absl_flags
 import flags
 from flags import definitions
 from metaseg.errors import exit_on_error
+from metaseg.quiet import import_tensorflow
 
 flags.define_flags()
 absl_flags.adopt_module_key_flags(definitions)  # so --help lists them, not only --helpfull
@@ -31,13 +33,22 @@ def print_summary(result) -> None:
         print(f"| {name} | {len(res.task_scores)} | {res.mean_iou:.4f} | +/- {res.ci95:.4f} |")
 
 
+def with_environment(config):
+    """``SAVE_PREDICTIONS=1`` (the original's switch) saves predictions to ``predictions/``."""
+    wanted = os.environ.get("SAVE_PREDICTIONS", "").strip().lower() not in ("", "0", "false")
+    if wanted and not config.eval.save_predictions_dir:
+        return dataclasses.replace(config, eval=dataclasses.replace(
+            config.eval, save_predictions_dir="predictions"))
+    return config
+
+
 @exit_on_error
 def main(argv):
     del argv  # parse_flags_or_exit already rejected stray words
     # TensorFlow's C++ logs stay quiet unless --verbosity asks for more (or the user set it).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if logging.get_verbosity() > 0 else "3")
-    from metaseg import pipeline  # pylint: disable=import-outside-toplevel  (imports TF)
-    config = flags.to_run_config()
+    import_tensorflow(verbose=logging.get_verbosity() > 0)
+    from metaseg import pipeline  # pylint: disable=import-outside-toplevel
+    config = with_environment(flags.to_run_config())
     result = pipeline.run(config)
     print_summary(result)
     # Scripts grep this exact line (REFERENCE.md section 7).

@@ -69,6 +69,13 @@ def build(config: RunConfig) -> keras.Model:
     return build_model(config.model)  # also restores --restore_efficient_net_weights_from
 
 
+def _check_restorable(directory: str) -> None:
+    if not (checkpoints.is_metaseg_checkpoint(directory) or is_tf1_checkpoint(directory)):
+        raise DataError(f"--pretrained: --checkpoint {directory} holds no metaseg or TF1 "
+                        "checkpoint; pass the directory meta-training wrote, or an authors' "
+                        "checkpoint directory")
+
+
 def restore(model: keras.Model, directory: str, *, skip_final_layer: bool) -> None:
     """Load ``directory`` into ``model``: our checkpoints and the authors' TF1 ones alike."""
     if checkpoints.is_metaseg_checkpoint(directory):
@@ -79,13 +86,15 @@ def restore(model: keras.Model, directory: str, *, skip_final_layer: bool) -> No
         load_tf1_checkpoint(model, directory, skip_final_layer=skip_final_layer)
         logging.info("Restored TF1 checkpoint %s", directory)
     else:
-        raise DataError(f"--checkpoint {directory} holds no metaseg or TF1 checkpoint; pass the "
-                        "directory meta-training wrote, or an authors' checkpoint directory")
+        _check_restorable(directory)
 
 
-def _store(tasks, config: RunConfig, min_examples: int) -> TaskStore:
-    return TaskStore.load(tasks, config.data.image_size, min_examples=min_examples,
-                          drop_small=config.data.drop_small_tasks)
+def _store(tasks, config: RunConfig, min_examples: int, purpose: str = "") -> TaskStore:
+    try:
+        return TaskStore.load(tasks, config.data.image_size, min_examples=min_examples,
+                              drop_small=config.data.drop_small_tasks)
+    except DataError as e:
+        raise DataError(f"{purpose}{e}" if purpose else str(e)) from None
 
 
 def run(config: RunConfig) -> RunResult:
@@ -96,11 +105,15 @@ def run(config: RunConfig) -> RunResult:
                           "version of metaseg yet")
     data_dir = resolve_data_dir(config)
     _check_writable(config.checkpoint)
+    if config.pretrained:  # fail before minutes of loading shards
+        _check_restorable(config.checkpoint)
     splits = load_splits(config, data_dir)
     eval_tasks = splits.val if config.eval.eval_val_tasks else splits.test
     needed = config.eval.shots + QUERY_SIZE
     train_store = _store(splits.train, config, min_examples=1)
-    eval_store = _store(eval_tasks, config, min_examples=needed)
+    eval_store = _store(eval_tasks, config, min_examples=needed, purpose=(
+        f"evaluation with --shots {config.eval.shots} needs {needed} examples per task "
+        f"(--shots + {QUERY_SIZE} query images): "))
     logging.info("%d training, %d validation, %d test tasks from %s", len(splits.train),
                  len(splits.val), len(splits.test), data_dir)
 
@@ -140,7 +153,8 @@ def _meta_train(config: RunConfig, model, train_store, eval_store, evaluator) ->
     trainer = MetaTrainer(model, train_store, meta=config.meta, inner=config.inner,
                           checkpoint_dir=config.checkpoint,
                           total_inner_steps=config.eval.eval_iters,
-                          config=dataclasses.asdict(config), evaluators=periodic)
+                          config=dataclasses.asdict(config), evaluators=periodic,
+                          adapter=evaluator.adapter)
     if config.continue_training_from_checkpoint:
         trainer.restore(config.continue_training_from_checkpoint)
     trainer.train()

@@ -46,9 +46,6 @@ class EvalResults:
         """95 % CI half-width over every (task, repetition) score."""
         return metrics.mean_and_ci95([s for v in self.task_scores.values() for s in v])[1]
 
-    def to_json(self) -> dict:
-        return {"mean_iou": self.mean_iou, "ci95": self.ci95, "task_scores": self.task_scores}
-
 
 class Evaluator:
     """Fine-tune-and-score evaluation of ``model``'s current weights."""
@@ -152,10 +149,25 @@ class Evaluator:
 
 
 def write_results(directory: str, results: EvalResults, name: str = RESULTS_FILE) -> str:
-    """Write per-task score lists, mean IoU and CI to ``<directory>/<name>`` atomically."""
+    """Write ``<directory>/<name>`` and its summary atomically; return the results path.
+
+    ``<name>`` holds the per-task score lists exactly as the original wrote them (task ->
+    list of IoUs, one per repetition), so scripts written for it keep working; the mean IoU,
+    its 95 % CI and the counts go to ``<name minus .json>_summary.json`` beside it.
+    """
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(results.to_json(), f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    summary = {"mean_iou": results.mean_iou, "ci95": results.ci95,
+               "num_tasks": len(results.task_scores), "num_samples": len(results.sample_means)}
+    for target, content in ((path, results.task_scores),
+                            (summary_path(path), summary)):
+        with open(target + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(content, f, indent=2, sort_keys=True)
+        os.replace(target + ".tmp", target)
     return path
+
+
+def summary_path(results_path: str) -> str:
+    """``.../meta-test_results.json`` -> ``.../meta-test_results_summary.json``."""
+    root, ext = os.path.splitext(results_path)
+    return f"{root}_summary{ext}"

@@ -49,17 +49,19 @@ class MetaTrainer:
       config: the resolved run configuration (JSON-able dict) written beside checkpoints.
       evaluators: name -> callable(model) returning scalars (e.g. {"IoU": 0.6}); run every
         ``meta.eval_interval`` iterations and logged under ``<checkpoint_dir>/<name>``.
+      adapter: the compiled adaptation to use (e.g. the evaluator's, so it is traced once).
     """
 
     def __init__(self, model: keras.Model, store, *, meta: MetaConfig, inner: InnerConfig,
                  checkpoint_dir: str, total_inner_steps: int, config: Optional[dict] = None,
-                 evaluators: Optional[Dict[str, Evaluator]] = None):
+                 evaluators: Optional[Dict[str, Evaluator]] = None,
+                 adapter: Optional[Adapter] = None):
         self.model, self.store, self.meta, self.inner = model, store, meta, inner
         self.checkpoint_dir = checkpoint_dir
         self.total_inner_steps = tf.constant(max(int(total_inner_steps), 1))
         self.config = config or {}
         self.evaluators = evaluators or {}
-        self.adapter = Adapter(model, inner)
+        self.adapter = adapter or Adapter(model, inner)  # share one to trace once
         self.algorithm = make_algorithm(meta.algorithm)
         self.state = checkpoints.MetaState(model, self.adapter.initial_state().opt)
         self.manager = tf.train.CheckpointManager(

@@ -16,7 +16,7 @@ from metaseg import pipeline
 from metaseg.config import DataConfig, EvalConfig, ModelConfig, RunConfig
 from metaseg.data import TaskStore, episodes
 from metaseg.errors import MetasegError
-from metaseg.evaluation.evaluate import RESULTS_FILE
+from metaseg.evaluation.evaluate import RESULTS_FILE, summary_path
 from metaseg.evaluation.metrics import binary_iou
 from metaseg.meta import checkpoints
 from metaseg.models import build_model
@@ -50,8 +50,11 @@ def mean_iou_printed(stdout):
 
 
 def read_results(directory):
+    """The per-task scores (the original's file) merged with our summary beside them."""
     with open(os.path.join(directory, RESULTS_FILE), encoding="utf-8") as f:
-        return json.load(f)
+        results = {"task_scores": json.load(f)}
+    with open(summary_path(os.path.join(directory, RESULTS_FILE)), encoding="utf-8") as f:
+        return {**results, **json.load(f)}
 
 
 # --- meta-train 2 iterations, then evaluate: the real script ---------------------------

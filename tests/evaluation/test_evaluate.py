@@ -159,10 +159,13 @@ def test_write_results_json(tmp_path):
     path = write_results(str(tmp_path / "run"), results)
     assert path == str(tmp_path / "run" / RESULTS_FILE) and RESULTS_FILE == "meta-test_results.json"
     data = json.loads(open(path, encoding="utf-8").read())
-    assert data["task_scores"] == {"cat": [0.25, 0.75], "dog": [0.5, 0.5]}
-    assert data["mean_iou"] == pytest.approx(0.5)
-    assert data["ci95"] == pytest.approx(1.96 * np.std([0.25, 0.75, 0.5, 0.5]) / 2)
-    assert os.listdir(tmp_path / "run") == [RESULTS_FILE]  # no temporary file left
+    assert data == {"cat": [0.25, 0.75], "dog": [0.5, 0.5]}  # the original's format
+    summary = json.loads((tmp_path / "run" / "meta-test_results_summary.json").read_text())
+    assert summary["mean_iou"] == pytest.approx(0.5)
+    assert summary["ci95"] == pytest.approx(1.96 * np.std([0.25, 0.75, 0.5, 0.5]) / 2)
+    assert (summary["num_tasks"], summary["num_samples"]) == (2, 2)
+    assert sorted(os.listdir(tmp_path / "run")) == [
+        RESULTS_FILE, "meta-test_results_summary.json"]  # no temporary file left
 
 
 def test_saved_adapted_checkpoints_restore_the_adapted_weights(store, tmp_path):

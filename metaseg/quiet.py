@@ -1,0 +1,27 @@
+"""Importing TensorFlow without its start-up chatter on stderr.
+
+TensorFlow 2.21 writes a few lines (oneDNN notice, missing CUDA drivers) from C++ before
+``TF_CPP_MIN_LOG_LEVEL`` applies, so a command-line error would not be the single line
+users are promised. Entry points call :func:`import_tensorflow` first.
+"""
+
+import os
+import sys
+
+
+def import_tensorflow(verbose: bool = False):
+    """Import TensorFlow, with file descriptor 2 sent to /dev/null during the import."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
+    if verbose or "tensorflow" in sys.modules:
+        import tensorflow  # pylint: disable=import-outside-toplevel
+        return tensorflow
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # pylint: disable=import-outside-toplevel
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tensorflow
