@@ -99,10 +99,6 @@ def _store(tasks, config: RunConfig, min_examples: int, purpose: str = "") -> Ta
 
 def run(config: RunConfig) -> RunResult:
     """Meta-train and/or evaluate as the flags say; returns the headline results."""
-    if config.uho.enabled or config.kshot.enabled:
-        raise ConfigError("--optimize_update_hyperparms_on_val_set and "
-                          "--run_k_shot_learning_curves_experiment are not available in this "
-                          "version of metaseg yet")
     data_dir = resolve_data_dir(config)
     _check_writable(config.checkpoint)
     if config.pretrained:  # fail before minutes of loading shards
@@ -127,6 +123,15 @@ def run(config: RunConfig) -> RunResult:
                 skip_final_layer=config.do_not_restore_final_layer_weights)
     else:
         _meta_train(config, model, train_store, eval_store, evaluator)
+
+    # --- UHO block (REFERENCE.md section 8) ---
+    if config.uho.enabled:
+        raise ConfigError("--optimize_update_hyperparms_on_val_set is not available yet")
+    # --- end of UHO block ---
+    # --- k-shot block (REFERENCE.md section 9) ---
+    if config.kshot.enabled:
+        raise ConfigError("--run_k_shot_learning_curves_experiment is not available yet")
+    # --- end of k-shot block ---
 
     if config.fine_tune_task:
         return _fine_tune_one(config, evaluator, train_store, eval_store)
