@@ -12,6 +12,8 @@ variables are never touched; callers decide which buckets to write back (meta-tr
 writes the trainable weights, evaluation writes nothing). The loop is a ``tf.while_loop``
 inside one ``tf.function`` with a fixed input signature, so nothing retraces across tasks,
 meta-iterations, learning rates or step counts, and nothing crosses to Python per step.
+``scoring_adaptation`` runs the same steps and also scores a query set after each one, in
+the graph (update-hyperparameter search, REFERENCE.md section 8).
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ class Adapter:
             input_signature=[state_spec, image, label, scalar_f, scalar_i, scalar_i])
         self.predict = tf.function(
             self._predict, input_signature=[state_spec, tf.TensorSpec([None, None, None, 3])])
+        image4 = tf.TensorSpec([None, None, None, 3], tf.float32)
+        self._scoring_signature = [state_spec, image, label, image4, image4,
+                                   tf.TensorSpec([None, None, None, 2], tf.float32), scalar_f,
+                                   scalar_i]
+        self._scorers = {}
 
     # -- state ---------------------------------------------------------------------------
     def initial_state(self, opt=None) -> AdaptState:
@@ -129,6 +136,51 @@ class Adapter:
                 trainable, self._regularized, logits, l2=inner.l2, l1=inner.l1,
                 darc1=inner.darc1)
         return loss
+
+    def scoring_adaptation(self, score_fn, *, transductive: bool = True):
+        """The compiled adaptation that scores the query set after every step.
+
+        Returns ``f(state, x [K,B,S,S,3], y [K,B,S,S,2], support_x [n,S,S,3],
+        query_x [Q,S,S,3], query_y [Q,S,S,2], learning_rate, total_steps) -> scores
+        float32 [K]``: ``scores[k]`` is the mean over the Q queries of ``score_fn(probs
+        [Q,S,S,2], query_y) -> [Q]`` after inner step k + 1 (the same steps as :meth:`adapt`),
+        predicted in inference mode inside the loop, so nothing leaves the graph per step.
+        ``transductive``: the queries as one batch; otherwise each query is fed after the
+        support set and only its own output is kept (REFERENCE.md section 7). The
+        function is traced once per (``score_fn``, ``transductive``) and cached.
+        """
+        key = (score_fn, bool(transductive))
+        if key not in self._scorers:
+            def scores(state, x, y, support_x, query_x, query_y, learning_rate, total_steps):
+                return self._adapt_and_score(state, x, y, support_x, query_x, query_y,
+                                             learning_rate, total_steps, score_fn, transductive)
+            self._scorers[key] = tf.function(scores, jit_compile=self.inner.jit_compile,
+                                             input_signature=self._scoring_signature)
+        return self._scorers[key]
+
+    def _adapt_and_score(self, state, x, y, support_x, query_x, query_y, learning_rate,
+                         total_steps, score_fn, transductive):
+        num_steps = tf.shape(x)[0]
+        scores = tf.TensorArray(tf.float32, size=num_steps)
+
+        def body(k, state, scores):
+            lr = optim.learning_rate_at(self.inner, learning_rate, k, total_steps)
+            state, _ = self._step(state, x[k], y[k], lr)
+            if transductive:
+                probs = self._predict(state, query_x)
+            else:
+                probs = tf.map_fn(
+                    lambda q: self._predict(state, tf.concat([support_x, q[None]], 0))[-1],
+                    query_x)
+            per_query = tf.cast(score_fn(probs, query_y), tf.float32)
+            finite = tf.math.is_finite(per_query)  # a NaN query is ignored, as np.nanmean
+            mean = tf.reduce_sum(tf.where(finite, per_query, 0.0)) / tf.reduce_sum(
+                tf.cast(finite, tf.float32))
+            return k + 1, state, scores.write(k, mean)
+
+        _, _, scores = tf.while_loop(
+            lambda k, *_: k < num_steps, body, (tf.constant(0), state, scores))
+        return scores.stack()
 
     def _predict(self, state, images):
         """Foreground/background probabilities [N,S,S,2] in inference mode."""
