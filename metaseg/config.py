@@ -13,6 +13,8 @@ import json
 import os
 from typing import Optional, Tuple
 
+from absl import logging
+
 from metaseg.errors import ConfigError
 
 BACKBONES = ("efficientnet-b0", "efficientnet-b3")
@@ -219,13 +221,21 @@ class SyntheticConfig:
         _require(bool(self.cache_dir), "--cache_dir must not be empty")
 
 
-def _check_range(low, high, name: str, legal, legal_text: str) -> None:
-    """A UHO search range ``[low, high]``: ordered, legal values, samplable on a log scale."""
+def _ordered_range(low, high, name: str, legal, legal_text: str):
+    """A UHO search range ``[low, high]``: legal values, samplable on a log scale.
+
+    Returns ``(low, high)`` in order: a reversed range is swapped with a warning, as the
+    original did.
+    """
     pair = f"--{name}_search_range_low/high"
-    _require(low <= high, f"{pair}: low ({low}) must not exceed high ({high})")
+    if low > high:
+        logging.warning("%s: low (%s) exceeds high (%s); swapping them", pair, low, high)
+        low, high = high, low
     _require(legal(low) and legal(high), f"{pair} must be {legal_text}, got [{low}, {high}]")
     # Sampling is on a log scale, so a range that is actually searched cannot start at 0.
-    _require(low == high or low > 0, f"{pair}: a searched range needs low > 0 (log scale)")
+    _require(low == high or low > 0, f"{pair}: a searched range needs low > 0 (log scale), "
+                                     f"got [{low}, {high}]")
+    return low, high
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,14 +273,16 @@ class UHOConfig:
         _require(not self.enabled or self.num_configs_to_sample >= 2,
                  "--num_configs_to_sample must be >= 2 with "
                  f"--optimize_update_hyperparms_on_val_set, got {self.num_configs_to_sample}")
-        _check_range(self.lr_search_range_low, self.lr_search_range_high, "lr",
-                     lambda v: v > 0, "positive")
-        _check_range(self.drop_rate_search_range_low, self.drop_rate_search_range_high,
-                     "drop_rate", lambda v: 0 <= v < 1, "in [0, 1)")
-        _check_range(self.aug_rate_search_range_low, self.aug_rate_search_range_high,
-                     "aug_rate", lambda v: 0 <= v <= 1, "in [0, 1]")
-        _check_range(self.batch_size_search_range_low, self.batch_size_search_range_high,
-                     "batch_size", lambda v: v >= 1, ">= 1")
+        for name, legal, legal_text in (
+                ("lr", lambda v: v > 0, "positive"),
+                ("drop_rate", lambda v: 0 <= v < 1, "in [0, 1)"),
+                ("aug_rate", lambda v: 0 <= v <= 1, "in [0, 1]"),
+                ("batch_size", lambda v: v >= 1, ">= 1")):
+            fields = (f"{name}_search_range_low", f"{name}_search_range_high")
+            ordered = _ordered_range(*(getattr(self, f) for f in fields), name, legal,
+                                     legal_text)
+            for field, value in zip(fields, ordered):
+                object.__setattr__(self, field, value)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,10 @@ from absl import logging
 from metaseg.config import QUERY_SIZE, RunConfig
 from metaseg.data import TaskStore, list_tasks, make_splits, read_class_list
 from metaseg.errors import ConfigError, DataError
+from metaseg.evaluation import kshot
+from metaseg.evaluation import uho
 from metaseg.evaluation.evaluate import EvalResults, Evaluator, write_results
+from metaseg.evaluation.kshot_report import KShotResults
 from metaseg.meta import checkpoints
 from metaseg.meta.trainer import MetaTrainer
 from metaseg.models import build_model, is_tf1_checkpoint, load_tf1_checkpoint
@@ -34,6 +37,7 @@ class RunResult:
     test: EvalResults
     train: Optional[EvalResults] = None
     random_init: Optional[EvalResults] = None
+    kshot: Optional[KShotResults] = None  # --run_k_shot_learning_curves_experiment
 
 
 def resolve_data_dir(config: RunConfig) -> str:
@@ -126,11 +130,29 @@ def run(config: RunConfig) -> RunResult:
 
     # --- UHO block (REFERENCE.md section 8) ---
     if config.uho.enabled:
-        raise ConfigError("--optimize_update_hyperparms_on_val_set is not available yet")
+        if not splits.val:
+            raise DataError("--optimize_update_hyperparms_on_val_set: the splits hold no "
+                            "validation tasks; set --num_val_tasks > 0 or --val_tasks_file")
+        val_store = eval_store if config.eval.eval_val_tasks else _store(
+            splits.val, config, min_examples=needed, purpose=(
+                f"the update-hyperparameter search with --shots {config.eval.shots} needs "
+                f"{needed} examples per validation task: "))
+        found = uho.optimize_for_run(config, model, val_store, adapter=evaluator.adapter)
+        config = uho.with_found_values(config, found)  # --learning-rate, --eval-iters
+        evaluator = Evaluator(model, config.inner, config.eval, adapter=evaluator.adapter,
+                              run_config=dataclasses.asdict(config))
+        if config.uho.meta_fine_tune_steps_on_train_val:
+            logging.info("Meta-fine-tuning %d iterations on train + val with the found values",
+                         config.uho.meta_fine_tune_steps_on_train_val)
+            _meta_train(uho.fine_tune_config(config), model,
+                        _store(splits.train + splits.val, config, min_examples=1),
+                        eval_store, evaluator)
     # --- end of UHO block ---
     # --- k-shot block (REFERENCE.md section 9) ---
-    if config.kshot.enabled:
-        raise ConfigError("--run_k_shot_learning_curves_experiment is not available yet")
+    if config.kshot.enabled:  # the curves replace the usual evaluation
+        fpk_store = kshot.load_fpk_store(data_dir, config.data.image_size, splits.train)
+        curves = kshot.KShotExperiment(evaluator.adapter, config).run(fpk_store)
+        return RunResult(test=curves.as_eval_results(), kshot=curves)
     # --- end of k-shot block ---
 
     if config.fine_tune_task:

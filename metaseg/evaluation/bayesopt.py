@@ -134,6 +134,8 @@ class BayesianOptimizer:
 
     def ask(self) -> Dict[str, float]:
         """The values to evaluate next (every dimension, fixed ones included)."""
+        if len(self.space) == 0:  # nothing searched: every configuration is the same
+            return self.space.values(np.zeros(0))
         if len(self.points) < self.num_initial or not self.scores:
             return self.space.values(self.space.sample(self.rng, 1)[0])
         candidates = self.space.sample(self.rng, self.num_candidates)
@@ -165,13 +167,22 @@ class BayesianOptimizer:
         return gp
 
 
+def best_index(scores: Sequence[float]) -> int:
+    """Index of the greatest finite score, the first of equals (0 if none is finite)."""
+    best = None
+    for i, score in enumerate(scores):
+        if math.isfinite(score) and (best is None or score > scores[best]):
+            best = i
+    return 0 if best is None else best
+
+
 def maximize(objective: Callable[[Dict[str, float]], float], space: SearchSpace,
              num_points: int, *, seed: int = 0,
              **options) -> Tuple[Dict[str, float], float, List[Tuple[Dict[str, float], float]]]:
-    """Maximise ``objective`` over ``space`` with ``num_points`` evaluations.
+    """Maximise ``objective`` over ``space`` with ``num_points`` (>= 1) evaluations.
 
     Returns (best values, best score, every (values, score) in evaluation order); the first
-    of equal best scores wins. NaN scores are never best.
+    of equal best scores wins and NaN scores are never best.
     """
     optimizer = BayesianOptimizer(space, num_points, seed=seed, **options)
     history = []
@@ -180,7 +191,5 @@ def maximize(objective: Callable[[Dict[str, float]], float], space: SearchSpace,
         score = float(objective(values))
         optimizer.tell(values, score)
         history.append((values, score))
-    best = max(range(len(history)), key=lambda i: (
-        math.isfinite(history[i][1]), history[i][1] if math.isfinite(history[i][1]) else 0.0,
-        -i))
+    best = best_index([score for _, score in history])
     return history[best][0], history[best][1], history

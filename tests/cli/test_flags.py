@@ -249,7 +249,10 @@ BAD = [
     (["--max_steps", "3", "--min_steps", "5"], "--max_steps (3) must be >= --min_steps (5)"),
     (["--optimize_update_hyperparms_on_val_set", "--num_val_tasks", "2",
       "--num_configs_to_sample", "1"], "--num_configs_to_sample must be >= 2"),
-    (["--lr_search_range_low", "0.1", "--lr_search_range_high", "0.01"], "--lr_search_range"),
+    # A reversed range is swapped with a warning (as the original); a searched range
+    # starting at 0 cannot be sampled on a log scale.
+    (["--drop_rate_search_range_low", "0", "--drop_rate_search_range_high", "0.5"],
+     "--drop_rate_search_range_low/high: a searched range needs low > 0 (log scale)"),
     (["--replacement", "--inner-batch", "9"], "--inner-batch (9) must be <= --train-shots (5)"),
     (["--replacement", "--foml", "--foml-tail", "2", "--inner-batch", "4"],
      "--train-shots minus --foml-tail (3)"),

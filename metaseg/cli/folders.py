@@ -1,0 +1,160 @@
+"""Reading the user's image folders: query images, support image/mask pairs, the output folder.
+
+Support folders come in two layouts: flat, with ``x.jpg`` (any non-PNG image format) beside
+its mask ``x.png``; or ``images/`` and ``masks/`` subfolders whose files pair by name stem
+(any image format in either). Masks must hold only 0 (background) and 255 (foreground): a
+mask with other values is refused, naming the file and the count, rather than guessed at
+(a 0/1 label map would silently become all background if thresholded at 128). A mask of
+another size than its image is resized (nearest neighbour, with a warning) only when the
+aspect ratios agree to 1 %. Images are read upright (EXIF orientation applied) as RGB.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Tuple
+
+import numpy as np
+from absl import logging
+from PIL import Image, ImageOps
+
+from metaseg.data import mask_to_two_channel, resize_examples
+from metaseg.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+MASK_EXTENSION = ".png"
+ASPECT_TOLERANCE = 0.01  # relative difference of height/width still called "same aspect"
+MAX_LISTED = 5
+
+
+def _listing(names) -> str:
+    names = sorted(names)
+    more = f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
+    return ", ".join(names[:MAX_LISTED]) + more
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _open(path: str, mode: str) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(ImageOps.exif_transpose(img).convert(mode))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(f"cannot decode image {path}: {reason}") from None
+
+
+def decode_image(path: str) -> np.ndarray:
+    """uint8 [H, W, 3] RGB; DataError naming the file if it cannot be decoded."""
+    return _open(path, "RGB")
+
+
+def decode_mask(path: str) -> np.ndarray:
+    """uint8 [H, W] grey levels (palette and 1-bit masks become 0/255)."""
+    return _open(path, "L")
+
+
+def image_files(directory: str, what: str) -> List[str]:
+    """Sorted paths of the image files directly in ``directory`` (other files ignored)."""
+    if not os.path.isdir(directory):
+        raise DataError(f"{what} folder {directory} does not exist or is not a folder")
+    return sorted(os.path.join(directory, name) for name in os.listdir(directory)
+                  if name.lower().endswith(IMAGE_EXTENSIONS)
+                  and os.path.isfile(os.path.join(directory, name)))
+
+
+def query_images(directory: str, what: str = "query") -> List[str]:
+    """The images to segment; DataError if there are none or two share a name stem."""
+    paths = image_files(directory, what)
+    if not paths:
+        raise DataError(f"{what} folder {directory} holds no images "
+                        f"({', '.join(IMAGE_EXTENSIONS)}); nothing to segment")
+    stems = [_stem(p) for p in paths]
+    clashes = {os.path.basename(p) for p, s in zip(paths, stems) if stems.count(s) > 1}
+    if clashes:
+        raise DataError(f"{what} folder {directory}: images {_listing(clashes)} share a name "
+                        "stem, so their output masks would overwrite each other; rename them")
+    return paths
+
+
+def support_pairs(directory: str) -> List[Tuple[str, str]]:
+    """[(image path, mask path)] sorted by stem, in either layout; DataError if unpaired."""
+    images_dir, masks_dir = os.path.join(directory, "images"), os.path.join(directory, "masks")
+    if os.path.isdir(images_dir) and os.path.isdir(masks_dir):
+        images, masks = image_files(images_dir, "support"), image_files(masks_dir, "support")
+        layout = "images/ and masks/ subfolders with the same file names (stems)"
+    else:
+        files = image_files(directory, "support")
+        images = [p for p in files if not p.lower().endswith(MASK_EXTENSION)]
+        masks = [p for p in files if p.lower().endswith(MASK_EXTENSION)]
+        layout = "x.jpg images beside x.png masks, or images/ and masks/ subfolders"
+    by_stem_image = {_stem(p): p for p in images}
+    by_stem_mask = {_stem(p): p for p in masks}
+    if len(by_stem_image) != len(images) or len(by_stem_mask) != len(masks):
+        raise DataError(f"support folder {directory}: two images (or two masks) share a name "
+                        "stem; keep one file per stem")
+    lonely_images = set(by_stem_image) - set(by_stem_mask)
+    lonely_masks = set(by_stem_mask) - set(by_stem_image)
+    if lonely_images or lonely_masks:
+        parts = []
+        if lonely_images:
+            parts.append(f"images without a mask: {_listing(lonely_images)}")
+        if lonely_masks:
+            parts.append(f"masks without an image: {_listing(lonely_masks)}")
+        raise DataError(f"support folder {directory}: {'; '.join(parts)} (expected {layout})")
+    if not by_stem_image:
+        raise DataError(f"support folder {directory} holds no image/mask pairs (expected "
+                        f"{layout})")
+    return [(by_stem_image[s], by_stem_mask[s]) for s in sorted(by_stem_image)]
+
+
+def check_mask(mask: np.ndarray, image_hw: Tuple[int, int], path: str) -> np.ndarray:
+    """Validate mask uint8 [h, w]; return uint8 [H, W] in {0, 255} at the image's size."""
+    bad = ~np.isin(mask, (0, 255))
+    if bad.any():
+        examples = ", ".join(str(v) for v in np.unique(mask[bad])[:5])
+        raise DataError(
+            f"mask {path} is not binary: {int(bad.sum())} of {mask.size} pixels have values "
+            f"other than 0 and 255 (e.g. {examples}); save masks with 0 = background and "
+            "255 = foreground (scale a 0/1 label map by 255)")
+    (h, w), (height, width) = mask.shape, image_hw
+    if (h, w) == (height, width):
+        return mask
+    if abs((h / w) / (height / width) - 1.0) > ASPECT_TOLERANCE:
+        raise DataError(f"mask {path} is {w}x{h} pixels but its image is {width}x{height}, "
+                        "a different aspect ratio; save the mask at the image's size")
+    logging.warning("Mask %s is %dx%d pixels, its image %dx%d (same aspect ratio): resized "
+                    "with nearest neighbour", path, w, h, width, height)
+    return np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+
+
+def read_support(pairs, image_size: int):
+    """Decode, validate and resize the support set.
+
+    Returns images float32 [n, S, S, 3] in [0, 255] and masks float32 [n, S, S, 2] one-hot
+    (channel 1 foreground), S = ``image_size``, resized exactly as shards are (bilinear with
+    antialiasing for images, nearest for masks).
+    """
+    images, masks = [], []
+    for image_path, mask_path in pairs:
+        image = decode_image(image_path)
+        mask = check_mask(decode_mask(mask_path), image.shape[:2], mask_path)
+        small_image, small_mask = resize_examples(image[None], mask[None], image_size)
+        images.append(small_image[0])
+        masks.append(small_mask[0])
+        if not mask.any():
+            logging.warning("Support mask %s is empty (all background)", mask_path)
+    return (np.stack(images).astype(np.float32),
+            np.asarray(mask_to_two_channel(np.stack(masks)), np.float32))
+
+
+def prepare_output(directory: str, overwrite: bool) -> None:
+    """Refuse a non-empty output folder unless ``overwrite``; create it otherwise."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise DataError(f"output {directory} exists and is not a folder; choose another --output")
+    if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
+        raise DataError(f"output folder {directory} is not empty; choose another --output or "
+                        "pass --overwrite (files of the same names are then replaced)")
+    os.makedirs(directory, exist_ok=True)
