@@ -1,7 +1,8 @@
 """Convert FSS-1000 image/mask pairs to one GZIP TFRecord shard per class.
 
     python data_tools/fss_1000_image_to_tfrecord.py --input_dir fewshot_data \
-        --tfrecord_dir fewshot_shards [--overwrite] [--image_size 224] [--num_workers N]
+        --tfrecord_dir fewshot_shards [--overwrite] [--image_size 224] [--num_workers N] \
+        [--image_list FILE]
 
 Layout ``DIR/<class>/<n>.jpg`` + ``<n>.png`` (REFERENCE.md section 1); the mask is the
 first channel of the PNG. Classes are converted in parallel, each shard written to a
@@ -13,7 +14,9 @@ Departures from the original converter, all deliberate:
 - bad input is skipped with its reason and listed at the end, and the exit code is 2 if
   anything was skipped (unless ``--allow_skips``); non-binary masks are thresholded at 128;
 - existing shards are kept without ``--overwrite`` (so an interrupted run can resume);
-- the per-class shuffle is seeded (``--seed``), so conversions are reproducible.
+- the per-class shuffle is seeded (``--seed``), so conversions are reproducible;
+- ``--image_list FILE`` converts only the listed images (keys ``<class>/<n>``, as
+  ``make_fraction_list.py`` writes them); classes with no listed image get no shard.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
+from metaseg.data.image_lists import ImageList
 from metaseg.data.shards import SHARD_SUFFIX, resize_examples, write_shard
 from metaseg.errors import DataError, exit_on_error
 
@@ -47,6 +51,7 @@ class ConvertOptions:
     strict_size: bool = False
     overwrite: bool = False
     seed: int = 0
+    image_list: Optional[ImageList] = None  # None: every image
 
 
 @dataclasses.dataclass
@@ -54,7 +59,7 @@ class ClassReport:
     """What happened to one class folder."""
 
     name: str
-    status: str  # "written", "exists" (kept, no --overwrite) or "skipped"
+    status: str  # "written", "exists" (kept, no --overwrite), "skipped" or "unlisted"
     written: int = 0
     resized: int = 0
     thresholded: List[Tuple[str, int]] = dataclasses.field(default_factory=list)
@@ -88,10 +93,16 @@ def _stems(files, ext: str) -> set:
     return {f[:-len(ext)] for f in files if f.endswith(ext)}
 
 
-def find_pairs(class_dir: str) -> Tuple[List[Tuple[str, str]], List[Skip]]:
-    """Sorted ``(image.jpg, mask.png)`` pairs of a class, and the unpaired files."""
+def find_pairs(class_dir: str, image_list: Optional[ImageList] = None
+               ) -> Tuple[List[Tuple[str, str]], List[Skip]]:
+    """Sorted ``(image.jpg, mask.png)`` pairs of a class, and the unpaired files; with an
+    image list, only the stems it selects (as ``<class>/<stem>``) are considered."""
     files = os.listdir(class_dir)
     images, masks = _stems(files, IMAGE_EXT), _stems(files, MASK_EXT)
+    if image_list is not None:
+        name = os.path.basename(os.path.normpath(class_dir))
+        images = {s for s in images if f"{name}/{s}" in image_list}
+        masks = {s for s in masks if f"{name}/{s}" in image_list}
 
     def path(stem, ext):
         return os.path.join(class_dir, stem + ext)
@@ -168,7 +179,9 @@ def convert_class(class_dir: str, output_dir: str, options: ConvertOptions) -> C
     if os.path.exists(shard) and not options.overwrite:
         return ClassReport(name, "exists")
     report = ClassReport(name, "skipped")
-    pairs, report.skipped = find_pairs(class_dir)
+    pairs, report.skipped = find_pairs(class_dir, options.image_list)
+    if options.image_list is not None and not pairs and not report.skipped:
+        return ClassReport(name, "unlisted")
     examples = []
     for image_path, mask_path in pairs:
         try:
@@ -248,6 +261,9 @@ def summarize(reports: Sequence[ClassReport], output_dir: str, seconds: float) -
         lines.append(f"Thresholded {sum(n for _, n in thresholded)} mask pixels at 128 "
                      f"(values other than 0/255) in {len(thresholded)} masks:")
         lines += [f"  {path}: {n} pixels" for path, n in thresholded]
+    unlisted = sum(r.status == "unlisted" for r in reports)
+    if unlisted:
+        lines.append(f"{unlisted} classes have no image in --image_list; no shard for them.")
     kept = [r.name for r in reports if r.status == "exists"]
     if kept:
         lines.append(f"Kept {len(kept)} existing shards (pass --overwrite to replace them): "
@@ -279,6 +295,8 @@ def define_flags() -> None:
                       "resizing them (the original behaviour).")
     flags.DEFINE_bool("allow_skips", False, "Exit 0 even if some files were skipped.")
     flags.DEFINE_integer("seed", 0, "Seed of the per-class shuffle.")
+    flags.DEFINE_string("image_list", None, "Convert only the images this list file names "
+                        "(<class>/<n> per line, e.g. from make_fraction_list.py).")
     flags.mark_flags_as_required(["input_dir", "tfrecord_dir"])
 
 
@@ -286,10 +304,16 @@ def define_flags() -> None:
 def main(argv):
     del argv
     f = flags.FLAGS
+    image_list = ImageList.read(f.image_list) if f.image_list else None
     options = ConvertOptions(image_size=f.image_size, strict_size=f.strict_size,
-                             overwrite=f.overwrite, seed=f.seed)
+                             overwrite=f.overwrite, seed=f.seed, image_list=image_list)
     start = time.monotonic()
     reports = convert_dataset(f.input_dir, f.tfrecord_dir, options, f.num_workers)
+    if image_list is not None:
+        if all(r.status == "unlisted" for r in reports):
+            raise DataError(f"--image_list {f.image_list} names no image of {f.input_dir} "
+                            "(entries must be <class>/<n>)")
+        image_list.warn_unused()
     print(summarize(reports, f.tfrecord_dir, time.monotonic() - start), flush=True)
     check_skips(reports, f.allow_skips)
 

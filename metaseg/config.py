@@ -387,6 +387,25 @@ class RunConfig:
         return cls(**kwargs)
 
 
+@dataclasses.dataclass(frozen=True)
+class JointTrainConfig:
+    """The joint-training baseline (``python -m metaseg.joint_train``, REFERENCE.md s. 9).
+
+    ``run`` supplies the data, split, model, seed and checkpoint directory, and from its inner
+    settings the optimiser (``--sgd``, step size ``--learning-rate``), the loss (``--loss_name``,
+    ``--label_smoothing``) and augmentation (``--augment``, ``--aug_rate``); it is written to
+    ``config.json`` beside the weights, as meta-training does.
+    """
+
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    epochs: int = 10
+    batch_size: int = 8
+
+    def __post_init__(self):
+        _positive(self.epochs, "--epochs")
+        _positive(self.batch_size, "--batch_size")
+
+
 def _check_known(config_cls, kwargs: dict, where: str) -> None:
     known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(kwargs) - known)

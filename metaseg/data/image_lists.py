@@ -8,9 +8,10 @@ An image-list file (``--image_list``) names one image per line. Only the first
 whitespace-separated token of a line counts, so lists that pair an image with its mask
 (``JPEGImages/x.jpg SegmentationClassAug/x.png``) work as they are; its extension is
 dropped; blank lines and ``#`` comments are ignored. A list entry selects an image when
-the two agree on their trailing path components (``JPEGImages/2007_000032`` selects the
-key ``2007_000032``; ``abacus/1`` selects ``abacus/1``; a bare ``1`` would select the ``1``
-of every FSS-1000 class, so lists written by ``make_fraction_list.py`` use full keys).
+one of the two ends with the other, in whole path components: ``JPEGImages/2007_000032``
+selects the key ``2007_000032``; ``abacus/1`` selects ``abacus/1`` but not ``bus/1``; a
+bare ``1`` would select the ``1`` of every FSS-1000 class, so lists written by
+``make_fraction_list.py`` use full keys.
 """
 
 from __future__ import annotations
@@ -58,9 +59,8 @@ class ImageList:
         self.entries = tuple(dict.fromkeys(e.strip("/") for e in entries if e.strip("/")))
         if not self.entries:
             raise DataError(f"image list {source} names no images; put one image per line")
-        # An entry matches a key when their trailing components agree: index every
-        # suffix of every entry, and look every suffix of a key up in it.
-        self._suffixes = {}
+        self._entry_set = set(self.entries)
+        self._suffixes = {}  # every trailing part of every entry -> the entries
         for entry in self.entries:
             parts = entry.split("/")
             for i in range(len(parts)):
@@ -81,13 +81,14 @@ class ImageList:
         return cls((image_key(t) for t in tokens), source=path)
 
     def __contains__(self, key: str) -> bool:
+        """True when the key ends with an entry, or an entry ends with the key (whole
+        path components either way)."""
+        matched = set(self._suffixes.get(key, ()))  # entries ending with the key
         parts = key.split("/")
-        for i in range(len(parts)):
-            matched = self._suffixes.get("/".join(parts[i:]))
-            if matched is not None:
-                self._used.update(matched)
-                return True
-        return False
+        matched.update("/".join(parts[i:]) for i in range(1, len(parts))
+                       if "/".join(parts[i:]) in self._entry_set)  # the key ends with them
+        self._used.update(matched)
+        return bool(matched)
 
     def select(self, keys: Sequence[str], what: str = "images") -> List[str]:
         """The keys this list selects, in order; DataError if none (warns about unused

@@ -23,6 +23,7 @@ from scipy.stats import norm
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+from threadpoolctl import threadpool_limits
 
 from metaseg.errors import ConfigError
 
@@ -139,7 +140,10 @@ class BayesianOptimizer:
         if len(self.points) < self.num_initial or not self.scores:
             return self.space.values(self.space.sample(self.rng, 1)[0])
         candidates = self.space.sample(self.rng, self.num_candidates)
-        mean, std = self._surrogate().predict(candidates, return_std=True)
+        # The matrices are tiny (points x candidates): BLAS threads only cost time, a lot of
+        # it on a busy machine.
+        with threadpool_limits(limits=1, user_api="blas"):
+            mean, std = self._surrogate().predict(candidates, return_std=True)
         finite = [s for s in self.scores if math.isfinite(s)]
         best = max(finite) if finite else 0.0
         ei = expected_improvement(mean, std, best, self.xi)

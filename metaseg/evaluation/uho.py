@@ -9,7 +9,9 @@ patience 50, ``--min_steps``). All ``--max_steps`` steps run; later steps cannot
 earlier scores, so the result is the one stopping early would give (at most ~50 steps of
 extra work a task, and no per-step trip to Python). A configuration's score is the mean best
 mIoU over tasks; the best configuration's learning rate and median best step count are the
-result. Every configuration appends its rows to a CSV as soon as it is scored.
+result. Every configuration appends its rows to a CSV as soon as it is scored. (With
+``--min_steps == --max_steps`` the original skipped early stopping and scored every task at
+that step count; the scan gives exactly that: best step = ``--min_steps``, its score.)
 
 Departures from the original, deliberate: every configuration is scored on the same
 episodes (seed ``--seed``, sample 0), so the comparison between configurations is not

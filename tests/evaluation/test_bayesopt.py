@@ -82,7 +82,10 @@ def test_first_half_random_then_one_gp_fit_per_point(monkeypatch):
 
 def test_seeded():
     space = SearchSpace([LR, BATCH])
-    objective = lambda v: -(math.log10(v["lr"]) + 2.5) ** 2 - (math.log2(v["batch"]) - 4) ** 2  # noqa: E731
+
+    def objective(v):
+        return -(math.log10(v["lr"]) + 2.5) ** 2 - (math.log2(v["batch"]) - 4) ** 2
+
     runs = [bayesopt.maximize(objective, space, 6, seed=s, num_candidates=200)[2]
             for s in (3, 3, 4)]
     assert runs[0] == runs[1] and runs[0] != runs[2]
@@ -116,7 +119,7 @@ def _regrets(objective, optimum, space, budget, seeds):
 def test_finds_the_optimum_of_a_1d_function_better_than_random_search():
     space = SearchSpace([LR, FIXED])
     objective = lambda v: -(math.log10(v["lr"]) - math.log10(4e-3)) ** 2  # noqa: E731
-    bo, random_search = _regrets(objective, 0.0, space, budget=8, seeds=range(4))
+    bo, random_search = _regrets(objective, 0.0, space, budget=8, seeds=range(3))
     assert bo < 0.005 and bo < random_search / 3, (bo, random_search)
 
 
@@ -127,5 +130,5 @@ def test_finds_the_optimum_of_a_2d_function_better_than_random_search():
         return -(math.log10(v["lr"]) - math.log10(3e-3)) ** 2 \
             - 0.125 * (math.log2(v["batch"]) - 3) ** 2
 
-    bo, random_search = _regrets(objective, 0.0, space, budget=12, seeds=range(4))
-    assert bo < 0.02 and bo < random_search / 3, (bo, random_search)
+    bo, random_search = _regrets(objective, 0.0, space, budget=12, seeds=range(3))
+    assert bo < 0.01 and bo < random_search / 3, (bo, random_search)
