@@ -24,13 +24,16 @@ absl_flags.adopt_module_key_flags(definitions)  # so --help lists them, not only
 
 
 def print_summary(result) -> None:
-    """The result table: mean IoU and 95 % CI per initialisation evaluated."""
+    """The result table: mean IoU and 95 % CI per initialisation evaluated, and the fold
+    mIoU / FB-IoU of the PASCAL-5i / COCO-20i literature (accumulated over all query images)."""
     rows = [("meta-learned" if result.random_init else "initialisation", result.test)]
     if result.random_init is not None:
         rows.append(("random (start of meta-training)", result.random_init))
-    print("\n| initialisation | test tasks | mean IoU | 95 % CI |\n|---|---|---|---|")
+    print("\n| initialisation | test tasks | mean IoU | 95 % CI | fold mIoU | FB-IoU |\n"
+          "|---|---|---|---|---|---|")
     for name, res in rows:
-        print(f"| {name} | {len(res.task_scores)} | {res.mean_iou:.4f} | +/- {res.ci95:.4f} |")
+        print(f"| {name} | {len(res.task_scores)} | {res.mean_iou:.4f} | +/- {res.ci95:.4f} "
+              f"| {res.fold_miou:.4f} | {res.fb_iou:.4f} |")
 
 
 def with_environment(config):

@@ -23,7 +23,7 @@ setup(
         "scikit-learn",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "matplotlib"],
+        "test": ["pytest>=8", "pytest-xdist", "matplotlib", "keras-cv"],
         "plot": ["matplotlib"],
         "kerascv": ["keras-cv"],
         "coco": ["pycocotools"],

@@ -189,7 +189,9 @@ def convert_class(class_dir: str, output_dir: str, options: ConvertOptions) -> C
         except SkipPair as e:
             report.skipped.append(e.args)
             continue
-        examples.append((image, mask))
+        # The record's image key, <class>/<stem>, as image lists (--train_list) name it.
+        stem = os.path.splitext(os.path.basename(image_path))[0]
+        examples.append((image, mask, f"{name}/{stem}"))
         report.resized += int(resized)
         if changed:
             report.thresholded.append((mask_path, changed))

@@ -90,6 +90,10 @@ _DATA = [
           "Hold out the FP-k classes as the test set instead of FSS-1000's."),
     _flag("drop_small_tasks", "bool", "data.drop_small_tasks",
           "Skip classes with fewer examples than an episode needs, instead of stopping."),
+    _flag("train_list", "str", "data.train_list",
+          "Image-list file (one image key per line, e.g. UMTFSS's train_5/10/20 lists or "
+          "data_tools/make_fraction_list.py output): meta-train only on the listed images. "
+          "Needs shards that store image keys (written by a current converter)."),
     _flag("synthetic_num_classes", "int", "synthetic.num_classes",
           "Classes of the generated synthetic benchmark."),
     _flag("synthetic_examples_per_class", "int", "synthetic.examples_per_class",

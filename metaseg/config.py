@@ -45,6 +45,7 @@ class DataConfig:
     fp_k_test_set: bool = False
     fss_1000: bool = False
     drop_small_tasks: bool = False
+    train_list: Optional[str] = None  # image-list file restricting the training tasks' images
 
     def __post_init__(self):
         _require(self.dataset in ("shards", "synthetic"),

@@ -15,7 +15,7 @@ import keras
 from absl import logging
 
 from metaseg.config import QUERY_SIZE, RunConfig
-from metaseg.data import TaskStore, list_tasks, make_splits, read_class_list
+from metaseg.data import TaskStore, image_lists, list_tasks, make_splits, read_class_list
 from metaseg.errors import ConfigError, DataError
 from metaseg.evaluation import kshot
 from metaseg.evaluation import uho
@@ -93,10 +93,11 @@ def restore(model: keras.Model, directory: str, *, skip_final_layer: bool) -> No
         _check_restorable(directory)
 
 
-def _store(tasks, config: RunConfig, min_examples: int, purpose: str = "") -> TaskStore:
+def _store(tasks, config: RunConfig, min_examples: int, purpose: str = "",
+           keep_keys=None) -> TaskStore:
     try:
         return TaskStore.load(tasks, config.data.image_size, min_examples=min_examples,
-                              drop_small=config.data.drop_small_tasks)
+                              drop_small=config.data.drop_small_tasks, keep_keys=keep_keys)
     except DataError as e:
         raise DataError(f"{purpose}{e}" if purpose else str(e)) from None
 
@@ -110,7 +111,9 @@ def run(config: RunConfig) -> RunResult:
     splits = load_splits(config, data_dir)
     eval_tasks = splits.val if config.eval.eval_val_tasks else splits.test
     needed = config.eval.shots + QUERY_SIZE
-    train_store = _store(splits.train, config, min_examples=1)
+    # --train_list restricts the training tasks only; evaluation keeps every image.
+    train_store = _store(splits.train, config, min_examples=1,
+                         keep_keys=image_lists.maybe_read(config.data.train_list))
     eval_store = _store(eval_tasks, config, min_examples=needed, purpose=(
         f"evaluation with --shots {config.eval.shots} needs {needed} examples per task "
         f"(--shots + {QUERY_SIZE} query images): "))
@@ -195,7 +198,8 @@ def _eval_subset(train_store, tasks, config: RunConfig, needed: int) -> TaskStor
         return train_store
     logging.warning("Evaluating on training tasks: leaving out %d with fewer than --shots + %d "
                     "= %d examples: %s", len(small), QUERY_SIZE, needed, ", ".join(sorted(small)))
-    return _store([t for t in tasks if t.name not in small], config, min_examples=needed)
+    return _store([t for t in tasks if t.name not in small], config, min_examples=needed,
+                  keep_keys=image_lists.maybe_read(config.data.train_list))
 
 
 def _save_dir(config: RunConfig, train: bool = False) -> Optional[str]:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from metaseg.data import image_io
-from metaseg.data.image_lists import ImageList
+from metaseg.data.image_lists import ImageList, image_key
 from metaseg.data.progress import Progress
 from metaseg.data.shards import SHARD_SUFFIX, write_shard
 from metaseg.errors import ConfigError, DataError
@@ -135,7 +135,8 @@ def _pairs(split: CocoSplit, image_dir: str, class_index: int, ids: Sequence[int
             (size, size), Image.NEAREST))
         if mask.any():
             written.append(image_id)
-            yield image_io.load_square_rgb(os.path.join(image_dir, info["file_name"]), size), mask
+            yield (image_io.load_square_rgb(os.path.join(image_dir, info["file_name"]), size),
+                   mask, image_key(info["file_name"]))  # key: the file stem
 
 
 def convert_split(split: CocoSplit, image_dir: str, output_dir: str, ids: Sequence[int], *,

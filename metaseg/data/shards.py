@@ -8,6 +8,11 @@ here are readable by the original reader:
 - ``mask``: raw bytes of a uint8 array ``[S, S]``, foreground 255, background 0.
 
 The stored size ``S`` is not recorded anywhere; it is inferred from the byte length.
+
+Our converters may add a third, optional bytes feature ``key``: the image's key (UTF-8,
+as ``metaseg.data.image_lists`` names images), which ``--train_list`` selects by. The
+original reader ignores unknown features, and shards without it (the original's) still
+load here; they just cannot be filtered by image.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import math
 import os
 import re
 import uuid
-from typing import Dict, Iterable, List, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -30,6 +35,10 @@ FEATURE_SPEC = {
     "image": tf.io.FixedLenFeature([], tf.string),
     "mask": tf.io.FixedLenFeature([], tf.string),
 }
+KEY_FEATURE = "key"
+# What we parse: the original's two features and, when present, the image key.
+_READ_SPEC = {**FEATURE_SPEC, KEY_FEATURE: tf.io.FixedLenFeature([], tf.string,
+                                                                  default_value=b"")}
 _GZIP = "GZIP"
 _BATCH = 1 << 16  # records per tf.data batch: a whole shard in practice
 _RESIZE_CHUNK = 256  # examples resized at once: bounds float32 scratch memory
@@ -49,28 +58,36 @@ def _check_pair(image: np.ndarray, mask: np.ndarray) -> None:
         raise DataError(f"mask shape {mask.shape} does not match image shape {image.shape}")
 
 
-def serialize_example(image: np.ndarray, mask: np.ndarray) -> bytes:
+def serialize_example(image: np.ndarray, mask: np.ndarray, key: Optional[str] = None) -> bytes:
     """One record of the original format.
 
     Args:
         image: uint8 [S, S, 3], RGB in [0, 255].
         mask: uint8 [S, S], foreground 255, background 0.
+        key: the image's key (non-empty); None writes exactly the original's record.
     Returns:
-        A serialised ``tf.train.Example`` with bytes features ``image`` and ``mask``.
+        A serialised ``tf.train.Example`` with bytes features ``image`` and ``mask`` (and
+        ``key`` when given).
     """
     image, mask = np.asarray(image), np.asarray(mask)
     _check_pair(image, mask)
     feature = {"image": _bytes_feature(np.ascontiguousarray(image).tobytes()),
                "mask": _bytes_feature(np.ascontiguousarray(mask).tobytes())}
+    if key is not None:
+        if not isinstance(key, str) or not key:
+            raise DataError(f"an image key must be a non-empty string, got {key!r}")
+        feature[KEY_FEATURE] = _bytes_feature(key.encode("utf-8"))
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     # deterministic: map entries in key order, so equal inputs give byte-identical shards in
     # every process (readers, the original's included, accept either order).
     return example.SerializeToString(deterministic=True)
 
 
-def write_shard(path: PathLike, pairs: Iterable[Tuple[np.ndarray, np.ndarray]],
+def write_shard(path: PathLike, pairs: Iterable[Tuple[np.ndarray, ...]],
                 overwrite: bool = False) -> int:
     """Write ``(image, mask)`` pairs as one GZIP shard; return how many were written.
+
+    An item may also be ``(image, mask, key)``: the record then carries the image key.
 
     The shard is written under a hidden temporary name in the same directory and renamed
     into place when complete, so a shard is only ever complete or absent (the temporary
@@ -86,8 +103,9 @@ def write_shard(path: PathLike, pairs: Iterable[Tuple[np.ndarray, np.ndarray]],
     count, shape = 0, None
     try:
         with tf.io.TFRecordWriter(tmp, options=tf.io.TFRecordOptions(compression_type=_GZIP)) as w:
-            for image, mask in pairs:
-                record = serialize_example(image, mask)
+            for item in pairs:
+                image, mask = item[0], item[1]
+                record = serialize_example(image, mask, item[2] if len(item) > 2 else None)
                 if shape is None:
                     shape = np.shape(image)
                 elif np.shape(image) != shape:
@@ -111,15 +129,16 @@ def _tf_error_detail(error: tf.errors.OpError) -> str:
     return " ".join(text.split()) or type(error).__name__
 
 
-def _read_raw(path: str) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Both bytes features of every record: two string tensors [n]."""
+def _read_raw(path: str) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The bytes features of every record: string tensors [n] (keys "" when absent)."""
     dataset = tf.data.TFRecordDataset(path, compression_type=_GZIP).batch(_BATCH)
-    images, masks = [], []
+    images, masks, keys = [], [], []
     try:
         for batch in dataset:  # one iteration for any real shard
-            parsed = tf.io.parse_example(batch, FEATURE_SPEC)
+            parsed = tf.io.parse_example(batch, _READ_SPEC)
             images.append(parsed["image"])
             masks.append(parsed["mask"])
+            keys.append(parsed[KEY_FEATURE])
     except tf.errors.NotFoundError:
         raise DataError(f"{path}: shard not found") from None
     except tf.errors.DataLossError as e:
@@ -132,7 +151,7 @@ def _read_raw(path: str) -> Tuple[tf.Tensor, tf.Tensor]:
                         f"'image' and 'mask' ({detail})") from None
     if not images:
         raise _empty_shard_error(path)
-    return tf.concat(images, 0), tf.concat(masks, 0)
+    return tf.concat(images, 0), tf.concat(masks, 0), tf.concat(keys, 0)
 
 
 def _empty_shard_error(path: str) -> DataError:
@@ -157,12 +176,14 @@ def _infer_size(path: str, image_bytes: tf.Tensor, mask_bytes: tf.Tensor) -> int
     return size
 
 
-def _decode(path: str, image_bytes: tf.Tensor, mask_bytes: tf.Tensor):
+def _decode(path: str, image_bytes: tf.Tensor, mask_bytes: tf.Tensor, key_bytes: tf.Tensor):
+    """(images, masks, keys): keys a list of str, or None if any record has no key."""
     size = _infer_size(path, image_bytes, mask_bytes)
     images = tf.reshape(tf.io.decode_raw(image_bytes, tf.uint8), [-1, size, size, 3])
     masks = tf.reshape(tf.io.decode_raw(mask_bytes, tf.uint8), [-1, size, size])
+    keys = [k.decode("utf-8", "replace") for k in key_bytes.numpy().tolist()]
     # np.asarray shares the tensors' memory (read-only); .numpy() would copy the whole task.
-    return np.asarray(images), np.asarray(masks)
+    return np.asarray(images), np.asarray(masks), (keys if all(keys) else None)
 
 
 def read_shard(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
@@ -177,24 +198,31 @@ def read_shard(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
         records fit no square image.
     """
     path = os.fspath(path)
+    return _decode(path, *_read_raw(path))[:2]
+
+
+def read_shard_with_keys(path: PathLike) -> Tuple[np.ndarray, np.ndarray, Optional[List[str]]]:
+    """``read_shard`` plus the records' image keys (None for a shard written without them)."""
+    path = os.fspath(path)
     return _decode(path, *_read_raw(path))
 
 
-def read_shards(paths: Sequence[PathLike],
-                cycle_length: int = 8) -> List[Tuple[np.ndarray, np.ndarray]]:
+def read_shards(paths: Sequence[PathLike], cycle_length: int = 8,
+                with_keys: bool = False) -> List[Tuple]:
     """``[read_shard(p) for p in paths]`` through one interleaved, parallel tf.data pipeline.
 
     Same results and errors, several times faster for many small shards (FSS-1000: 1000
     shards of 10 examples), where a separate eager pipeline per shard costs more than the
-    reading itself.
+    reading itself. ``with_keys`` gives ``read_shard_with_keys`` triples instead.
     """
     paths = [os.fspath(p) for p in paths]
+    one = read_shard_with_keys if with_keys else read_shard
     if len(paths) < 2:
-        return [read_shard(p) for p in paths]
+        return [one(p) for p in paths]
 
     def records(index, path):
         return tf.data.TFRecordDataset(path, compression_type=_GZIP).batch(_BATCH).map(
-            lambda batch: (index, tf.io.parse_example(batch, FEATURE_SPEC)))
+            lambda batch: (index, tf.io.parse_example(batch, _READ_SPEC)))
 
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), paths)).interleave(
         records, cycle_length=cycle_length, num_parallel_calls=tf.data.AUTOTUNE,
@@ -203,12 +231,14 @@ def read_shards(paths: Sequence[PathLike],
     try:
         for index, parsed in dataset:
             i = int(index)
-            pieces[i].append(_decode(paths[i], parsed["image"], parsed["mask"]))
+            pieces[i].append(_decode(paths[i], parsed["image"], parsed["mask"],
+                                     parsed[KEY_FEATURE]))
     except (tf.errors.OpError, UnicodeDecodeError):
         # The pipeline's error does not reliably name the file: re-read the shards one by
         # one, so that the DataError does.
-        return [read_shard(p) for p in paths]
-    return [_join_pieces(paths[i], pieces[i]) for i in range(len(paths))]
+        return [one(p) for p in paths]
+    joined = [_join_pieces(paths[i], pieces[i]) for i in range(len(paths))]
+    return joined if with_keys else [j[:2] for j in joined]
 
 
 def _join_pieces(path: str, pieces: list) -> Tuple[np.ndarray, np.ndarray]:
@@ -217,9 +247,11 @@ def _join_pieces(path: str, pieces: list) -> Tuple[np.ndarray, np.ndarray]:
         raise _empty_shard_error(path)
     if len(pieces) == 1:
         return pieces[0]
-    if len({images.shape[1] for images, _ in pieces}) > 1:
+    if len({p[0].shape[1] for p in pieces}) > 1:
         raise DataError(f"{path}: images of different sizes in one shard; re-convert it")
-    return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
+    keys = None if any(p[2] is None for p in pieces) else [k for p in pieces for k in p[2]]
+    return (np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]),
+            keys)
 
 
 def resize_examples(images: np.ndarray, masks: np.ndarray,

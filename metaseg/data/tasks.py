@@ -211,12 +211,22 @@ class TaskStore:
 
     @classmethod
     def load(cls, tasks: Sequence[Task], image_size: int, *, min_examples: int = 1,
-             drop_small: bool = False, num_threads: Optional[int] = None) -> "TaskStore":
-        """Decode ``tasks`` (one interleaved tf.data pipeline), resized to ``image_size`` px."""
+             drop_small: bool = False, num_threads: Optional[int] = None,
+             keep_keys=None) -> "TaskStore":
+        """Decode ``tasks`` (one interleaved tf.data pipeline), resized to ``image_size`` px.
+
+        ``keep_keys`` (an ``ImageList`` or a set of image keys) keeps only the records whose
+        stored image key it contains (``--train_list``); tasks left with no record are
+        dropped. DataError if a shard stores no keys or nothing is kept.
+        """
         if not tasks:
             raise DataError("no tasks to load; check --data_dir and the splits")
         paths = list(dict.fromkeys(p for task in tasks for p in task.paths))
-        decoded = dict(zip(paths, read_shards(paths)))
+        if keep_keys is None:
+            decoded = dict(zip(paths, read_shards(paths)))
+        else:
+            decoded = _keep_listed(paths, read_shards(paths, with_keys=True), keep_keys)
+            tasks = [t for t in tasks if any(len(decoded[p][0]) for p in t.paths)]
         threads = num_threads or min(16, 2 * (os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:  # resizing, per task
             parts = list(pool.map(lambda task: _join_task(task, decoded, image_size), tasks))
@@ -244,6 +254,31 @@ class TaskStore:
         images_list, masks_list = _to_one_size(names, images_list, masks_list, image_size)
         counts = [len(images) for images in images_list]
         return cls(names, np.concatenate(images_list), np.concatenate(masks_list), counts)
+
+
+def _keep_listed(paths: Sequence[str], triples, keep_keys) -> Dict[str, Tuple[np.ndarray,
+                                                                              np.ndarray]]:
+    """{path: (images, masks)} restricted to the records whose key ``keep_keys`` contains."""
+    source = getattr(keep_keys, "source", "the image list")
+    unkeyed = [p for p, (_, _, keys) in zip(paths, triples) if keys is None]
+    if unkeyed:
+        raise DataError(f"{len(unkeyed)} shards store no image keys, so {source} cannot select "
+                        f"their images: {name_list(unkeyed)}; re-convert with a current "
+                        "converter (which writes each record's image key)")
+    decoded, kept = {}, 0
+    for path, (images, masks, keys) in zip(paths, triples):
+        rows = [i for i, key in enumerate(keys) if key in keep_keys]
+        decoded[path] = (images[rows], masks[rows])
+        kept += len(rows)
+    if not kept:
+        first = next((k for _, _, keys in triples for k in keys), None)
+        raise DataError(f"image list {source} selects none of the {sum(len(t[2]) for t in triples)}"
+                        f" training images (first stored key {first!r}); check --train_list")
+    if hasattr(keep_keys, "warn_unused"):
+        keep_keys.warn_unused()
+    logging.info("Image list %s keeps %d of %d training images", source, kept,
+                 sum(len(t[2]) for t in triples))
+    return decoded
 
 
 def _join_task(task: Task, decoded: Dict[str, Tuple[np.ndarray, np.ndarray]],

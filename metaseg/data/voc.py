@@ -111,7 +111,7 @@ def write_class(voc_dir: str, path: str, class_index: int, ids: Sequence[str],
             image = image_io.load_square_rgb(
                 os.path.join(voc_dir, IMAGE_DIR, image_id + ".jpg"), options.image_size)
             _, labels = _labels(voc_dir, image_id, options.image_size)
-            yield image, folds.binary_mask(labels, class_index)
+            yield image, folds.binary_mask(labels, class_index), image_id  # key: the stem
 
     return write_shard(path, pairs(), overwrite=options.overwrite)
 

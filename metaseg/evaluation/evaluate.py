@@ -23,6 +23,7 @@ from absl import logging
 from metaseg.config import EvalConfig, InnerConfig
 from metaseg.data import episodes
 from metaseg.evaluation import metrics, predictions
+from metaseg.evaluation.fold_metrics import FoldMetrics
 from metaseg.meta import checkpoints
 from metaseg.meta.adapt import Adapter, AdaptState
 
@@ -35,6 +36,10 @@ class EvalResults:
 
     task_scores: Dict[str, List[float]]
     sample_means: List[float]  # mean task IoU of each repetition
+    # The PASCAL-5i / COCO-20i scores (metaseg.evaluation.fold_metrics) over every query
+    # image of every episode, each task a class; NaN when not computed.
+    fold_miou: float = float("nan")
+    fb_iou: float = float("nan")
 
     @property
     def mean_iou(self) -> float:
@@ -78,6 +83,7 @@ class Evaluator:
         start = self.adapter.initial_state()  # the full saved state, never written back
         all_tasks = list(range(len(store))) if task_indices is None else list(task_indices)
         rng = np.random.default_rng(cfg.seed)
+        fold = FoldMetrics([store.names[i] for i in all_tasks])
         scores: Dict[str, List[float]] = {}
         sample_means = []
         progress = keras.utils.Progbar(num_samples * (len(all_tasks) if serial else 1),
@@ -87,14 +93,18 @@ class Evaluator:
             sample_scores = []
             for element in self._episodes(store, tasks, steps, sample):
                 name = store.names[int(element["task"])]
-                score = self._score_task(start, element, lr, steps, name, sample, save_dir)
+                score = self._score_task(start, element, lr, steps, name, sample, save_dir,
+                                         fold)
                 scores.setdefault(name, []).append(score)
                 sample_scores.append(score)
                 progress.add(1)
             sample_means.append(float(np.nanmean(sample_scores)))
             logging.info("%s evaluation %d/%d: mean IoU %.4f", label, sample + 1, num_samples,
                          sample_means[-1])
-        return EvalResults(scores, sample_means)
+        # Without --serially_eval_all_test_tasks a class no episode drew is left out of the
+        # fold mIoU; only a full protocol run (several repetitions) is worth a warning.
+        return EvalResults(scores, sample_means, fold_miou=fold.miou(warn=num_samples > 1),
+                           fb_iou=fold.fb_iou())
 
     def _episodes(self, store, tasks, steps, sample):
         cfg = self.config
@@ -103,11 +113,14 @@ class Evaluator:
             replacement=self.inner.replacement, augment=self.inner.augment,
             aug_rate=self.inner.aug_rate, seed=cfg.seed, sample=sample)
 
-    def _score_task(self, start: AdaptState, element, lr, steps, name, sample, save_dir) -> float:
+    def _score_task(self, start: AdaptState, element, lr, steps, name, sample, save_dir,
+                    fold: Optional[FoldMetrics] = None) -> float:
         end, _ = self.adapter.adapt(start, element["x"], element["y"], lr, tf.constant(0),
                                     tf.constant(max(steps, 1)))
         probs = self.predict(end, element["support_x"], element["query_x"])
         ious = metrics.binary_iou(probs, element["query_y"]).numpy()
+        if fold is not None:
+            fold.add(name, np.asarray(probs), np.asarray(element["query_y"]))
         if save_dir:
             self._save(end, os.path.join(save_dir, name, str(sample)), steps)
         if self.config.save_predictions_dir:
@@ -153,12 +166,15 @@ def write_results(directory: str, results: EvalResults, name: str = RESULTS_FILE
 
     ``<name>`` holds the per-task score lists exactly as the original wrote them (task ->
     list of IoUs, one per repetition), so scripts written for it keep working; the mean IoU,
-    its 95 % CI and the counts go to ``<name minus .json>_summary.json`` beside it.
+    its 95 % CI, the counts and the fold mIoU / FB-IoU go to ``<name minus .json>_summary.json``
+    beside it.
     """
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
     summary = {"mean_iou": results.mean_iou, "ci95": results.ci95,
-               "num_tasks": len(results.task_scores), "num_samples": len(results.sample_means)}
+               "num_tasks": len(results.task_scores), "num_samples": len(results.sample_means),
+               # NaN (written as NaN, which Python's json reads) when not computed
+               "fold_miou": results.fold_miou, "fb_iou": results.fb_iou}
     for target, content in ((path, results.task_scores),
                             (summary_path(path), summary)):
         with open(target + ".tmp", "w", encoding="utf-8") as f:

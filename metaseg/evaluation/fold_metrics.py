@@ -88,11 +88,12 @@ class FoldMetrics:
         return {c: self.intersection[c] / self.union[c] if self.union[c] else math.nan
                 for c in self.class_names}
 
-    def miou(self) -> float:
-        """Mean of the class IoUs over the classes that have one (NaN if none)."""
+    def miou(self, warn: bool = True) -> float:
+        """Mean of the class IoUs over the classes that have one (NaN if none); ``warn``
+        logs the fold classes no episode scored."""
         scores = [v for v in self.class_iou().values() if not math.isnan(v)]
         unseen = [c for c in self.class_names if not self.episodes[c]]
-        if unseen:
+        if unseen and warn:
             logging.warning("mIoU leaves out %d fold classes no episode scored: %s",
                             len(unseen), ", ".join(unseen))
         return float(np.mean(scores)) if scores else math.nan

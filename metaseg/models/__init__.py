@@ -2,8 +2,8 @@
 regularisers, the registry keyed by ``--model_name``, and the TF1 checkpoint importer."""
 
 from metaseg.models.efficientlab import EfficientLab
-from metaseg.models.registry import MODELS, build_model
+from metaseg.models.registry import MODELS, build_model, register_model, with_logits
 from metaseg.models.tf1_checkpoint import is_tf1_checkpoint, load_tf1_checkpoint
 
 __all__ = ["EfficientLab", "MODELS", "build_model", "is_tf1_checkpoint",
-           "load_tf1_checkpoint"]
+           "load_tf1_checkpoint", "register_model", "with_logits"]

@@ -1,8 +1,15 @@
-"""``--model_name`` -> model builder. Each builder takes a ModelConfig."""
+"""``--model_name`` -> model builder. Each builder takes a ModelConfig.
+
+The meta-learner is model-agnostic: any Keras model mapping float32 images
+``[N, S, S, 3]`` in [0, 255] to 2-channel logits ``[N, S, S, 2]`` (channel 1 foreground)
+can be meta-trained. ``register_model(name, builder)`` makes one available as
+``--model_name name``; ``build_model`` gives every model the EfficientLab interface
+(softmax output, ``logits_model`` attribute) through ``with_logits``.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import keras
 from absl import logging
@@ -37,9 +44,73 @@ def _restore_backbone(model, path: str) -> None:
     logging.info("Backbone initialised from %s (%d variables)", path, count)
 
 
+def _build_deeplabv3plus(config: ModelConfig) -> keras.Model:
+    from metaseg.models.kerascv import build_deeplabv3plus  # keras-cv is optional
+    return build_deeplabv3plus(config)
+
+
 MODELS: Dict[str, Callable[[ModelConfig], keras.Model]] = {
     "efficientlab": _build_efficientlab,
+    "deeplabv3plus": _build_deeplabv3plus,
 }
+
+
+def register_model(name: str, builder: Callable[[ModelConfig], keras.Model], *,
+                   overwrite: bool = False) -> None:
+    """Make ``builder`` available as ``--model_name name``.
+
+    ``builder(config: ModelConfig)`` returns a fresh ``keras.Model`` that maps float32
+    images ``[N, S, S, 3]`` in [0, 255] to logits ``[N, S, S, 2]``; or one whose output
+    is probabilities and whose ``logits_model`` attribute is a model sharing its variables
+    that returns the logits. Optional: ``final_layer_name``, the top-level layer
+    ``--do_not_restore_final_layer_weights`` skips (default "final_layer_weights").
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"model name must be a non-empty string, got {name!r}")
+    if not callable(builder):
+        raise ConfigError(f"builder for model {name!r} must be callable, got {builder!r}")
+    if name in MODELS and not overwrite:
+        raise ConfigError(f"model {name!r} is already registered; pass overwrite=True "
+                          "to replace it")
+    MODELS[name] = builder
+
+
+def with_logits(logits_model: keras.Model, *, name: Optional[str] = None) -> keras.Model:
+    """A model returning ``softmax(logits_model(images))`` whose ``logits_model`` attribute
+    is ``logits_model`` itself (same variables, same order). A functional logits model is
+    extended in place, so its layers (e.g. the final layer) stay top-level layers."""
+    name = name or f"{logits_model.name}_probabilities"
+    if _is_functional(logits_model):
+        inputs = logits_model.inputs
+        probabilities = keras.layers.Softmax(name="probabilities")(logits_model.outputs[0])
+    else:
+        inputs = keras.Input((None, None, 3), name="images")
+        probabilities = keras.layers.Softmax(name="probabilities")(logits_model(inputs))
+    model = keras.Model(inputs, probabilities, name=name)
+    # Plain attributes, outside Keras's layer tracking: views, not sublayers.
+    model.__dict__["logits_model"] = logits_model
+    final = getattr(logits_model, "final_layer_name", None)
+    if final is not None:
+        model.__dict__["final_layer_name"] = final
+    return model
+
+
+def _is_functional(model) -> bool:
+    try:
+        return bool(model.inputs) and bool(model.outputs)
+    except (AttributeError, ValueError):
+        return False
+
+
+def _check_channels(model: keras.Model, model_name: str) -> None:
+    net = getattr(model, "logits_model", model)
+    try:
+        channels = net.outputs[0].shape[-1] if _is_functional(net) else None
+    except (AttributeError, IndexError):
+        channels = None
+    if channels is not None and channels != 2:
+        raise ConfigError(f"--model_name {model_name}: the model returns {channels} "
+                          "channels; the meta-learner needs 2 (background, foreground)")
 
 
 def build_model(config: ModelConfig) -> keras.Model:
@@ -49,4 +120,11 @@ def build_model(config: ModelConfig) -> keras.Model:
     except KeyError:
         raise ConfigError(f"unknown --model_name {config.model_name!r}: known models are "
                           f"{', '.join(sorted(MODELS))}") from None
-    return builder(config)
+    model = builder(config)
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"--model_name {config.model_name}: the builder returned "
+                          f"{type(model).__name__}, not a keras.Model")
+    _check_channels(model, config.model_name)
+    if not hasattr(model, "logits_model"):
+        model = with_logits(model)
+    return model

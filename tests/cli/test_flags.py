@@ -81,7 +81,7 @@ def test_flags_md_types_and_defaults(shared_dir, fv):
 NEW_FLAGS = {"dataset", "test_tasks_file", "val_tasks_file", "backbone_weights",
              "drop_small_tasks", "jit_compile", "reset_state_per_task", "checkpoint_every",
              "keep_checkpoints", "save_predictions_dir", "compare_random_init", "eval_train_tasks", "synthetic_num_classes",
-             "synthetic_examples_per_class", "synthetic_image_size", "cache_dir"}
+             "synthetic_examples_per_class", "synthetic_image_size", "cache_dir", "train_list"}
 
 
 def test_flag_set_is_flags_md_plus_the_new_ones(shared_dir):
@@ -201,6 +201,13 @@ def test_mapped_flags(fv):
     assert (config.seed, config.meta.seed, config.eval.seed) == (9, 9, 9)
     assert config.uho.enabled and config.kshot.enabled and config.n_unet_encoding_stacks == 3
     assert config.synthetic.examples_per_class == 12 and config.synthetic.cache_dir == "/c"
+
+
+def test_train_list_flag(fv):
+    config = _config(fv, ["--train_list", "lists/train_5.txt"])
+    assert config.data.train_list == "lists/train_5.txt"
+    assert RunConfig.from_json(config.to_json()) == config
+    assert RunConfig().data.train_list is None
 
 
 def test_run_config_json_round_trip(fv):

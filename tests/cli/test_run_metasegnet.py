@@ -289,7 +289,12 @@ def test_bad_data_inputs_in_process(shards, tmp_path):
     # --shots 8 + 5 queries = 13 > the 12 examples of each test class
     _fails(_config(shards, out, eval={"shots": 8}), "13 examples", "class_6 (12)",
            "class_7 (12)")
-    assert sorted(os.listdir(tmp_path)) == ["empty", "split.txt"]  # no out/ anywhere
+    # --train_list needs shards that store image keys (these were written without)
+    listed = tmp_path / "train_5.txt"
+    listed.write_text("class_0/1\n")
+    _fails(_config(shards, out, data={"train_list": str(listed)}), "store no image keys",
+           "re-convert with a current converter")
+    assert sorted(os.listdir(tmp_path)) == ["empty", "split.txt", "train_5.txt"]  # no out/
 
 
 def test_unwritable_checkpoint_directory(shards, tmp_path):

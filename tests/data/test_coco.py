@@ -9,7 +9,7 @@ from PIL import Image
 
 from data_tools import coco20i_to_tfrecord as coco20i
 from metaseg.data import folds
-from metaseg.data.shards import SHARD_SUFFIX, read_shard
+from metaseg.data.shards import SHARD_SUFFIX, read_shard, read_shard_with_keys
 from metaseg.data.tasks import read_class_list
 from metaseg.errors import ConfigError, DataError
 
@@ -61,6 +61,7 @@ def test_fake_coco_to_shards_and_both_fold_variants(tmp_path, coco_dir):
     assert result["train"] == {"thing_1": 1, "thing_2": 1, "thing_80": 1}
     assert result["val"] == {"thing_1": 1, "thing_21": 1}
     _, masks = read_shard(out / "train" / ("thing_1" + SHARD_SUFFIX))
+    assert all(read_shard_with_keys(out / "train" / ("thing_1" + SHARD_SUFFIX))[2])
     expected = np.zeros((SIZE, SIZE), np.uint8)
     expected[:8, :8] = 255  # the union of both instances, halved
     expected[8:12, 8:12] = 255

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from data_tools import fss_1000_image_to_tfrecord as convert
-from metaseg.data.shards import read_shard
+from metaseg.data.shards import read_shard, read_shard_with_keys
 from metaseg.errors import DataError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -62,6 +62,8 @@ def test_convert_class_pairs_and_shuffles(tmp_path):
     images, masks = read_shard(tmp_path / "out" / "bus.tfrecord.gzip")
     order = _identify(images, masks)
     assert sorted(order) == list(range(6)) and order != list(range(6))
+    keys = read_shard_with_keys(tmp_path / "out" / "bus.tfrecord.gzip")[2]
+    assert keys == [f"bus/{k}" for k in order]  # each record stores its <class>/<n> key
     # The shuffle is fixed by the seed: same seed, same order; another seed, another order.
     again = convert.convert_class(str(class_dir), str(tmp_path / "out"),
                                   convert.ConvertOptions(image_size=SIZE, overwrite=True))

@@ -8,7 +8,7 @@ from PIL import Image
 
 from data_tools import pascal5i_to_tfrecord as pascal
 from metaseg.data import folds
-from metaseg.data.shards import SHARD_SUFFIX, read_shard
+from metaseg.data.shards import SHARD_SUFFIX, read_shard, read_shard_with_keys
 from metaseg.data.tasks import list_tasks, make_splits, read_class_list
 from metaseg.errors import ConfigError, DataError
 
@@ -92,6 +92,8 @@ def test_fake_voc_to_fold_shards(tmp_path):
             images, masks = read_shard(out / split / (name + SHARD_SUFFIX))
             assert images.shape == (count, SIZE, SIZE, 3)
             index = folds.PASCAL_CLASSES.index(name) + 1
+            keys = read_shard_with_keys(out / split / (name + SHARD_SUFFIX))[2]
+            assert keys == _ids_by_colour(images)  # each record stores its image key
             for image_id, mask in zip(_ids_by_colour(images), masks):
                 assert (image_id in VAL) == (split == "val")
                 np.testing.assert_array_equal(mask, expected_mask(image_id, index))

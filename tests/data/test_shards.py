@@ -275,3 +275,33 @@ def test_read_shards_matches_read_shard_and_names_a_bad_file(tmp_path, make_pair
     _write_records(empty, [])
     with pytest.raises(DataError, match=f"^{empty}: shard holds no examples"):
         shards.read_shards([paths[0], empty])
+
+
+# --- optional image keys (--train_list) ----------------------------------------------
+
+def test_key_is_optional_and_plain_records_unchanged(make_pairs):
+    images, masks = make_pairs(1, 8, seed=0)
+    plain = shards.serialize_example(images[0], masks[0])
+    assert plain == shards.serialize_example(images[0], masks[0], key=None)
+    keyed = tf.train.Example.FromString(
+        shards.serialize_example(images[0], masks[0], key="abacus/1"))
+    assert keyed.features.feature["key"].bytes_list.value == [b"abacus/1"]
+    assert set(tf.train.Example.FromString(plain).features.feature) == {"image", "mask"}
+    with pytest.raises(DataError, match="non-empty"):
+        shards.serialize_example(images[0], masks[0], key="")
+
+
+def test_keys_read_back_and_plain_shards_have_none(tmp_path, make_pairs):
+    images, masks = make_pairs(3, 8, seed=1)
+    keyed, plain = str(tmp_path / "a.tfrecord.gzip"), str(tmp_path / "b.tfrecord.gzip")
+    shards.write_shard(keyed, [(i, m, f"a/{n}") for n, (i, m) in enumerate(zip(images, masks))])
+    shards.write_shard(plain, zip(images, masks))
+    got_images, got_masks, keys = shards.read_shard_with_keys(keyed)
+    np.testing.assert_array_equal(got_images, images)
+    np.testing.assert_array_equal(got_masks, masks)
+    assert keys == ["a/0", "a/1", "a/2"]
+    assert shards.read_shard_with_keys(plain)[2] is None
+    np.testing.assert_array_equal(shards.read_shard(keyed)[0], images)  # pairs as before
+    both = shards.read_shards([keyed, plain], with_keys=True)
+    assert both[0][2] == keys and both[1][2] is None
+    assert [len(t) for t in shards.read_shards([keyed, plain])] == [2, 2]

@@ -243,3 +243,45 @@ def test_task_store_from_arrays(make_pairs):
         TaskStore.from_arrays(["a"], [a[0].astype(np.float32)], [a[1]])
     with pytest.raises(DataError, match="need one images and one masks array per task"):
         TaskStore.from_arrays(["a", "b"], [a[0]], [a[1]])
+
+
+# --- TaskStore.load(keep_keys=...): --train_list --------------------------------------
+
+def _keyed_tasks(tmp_path, make_pairs, keyed=True):
+    tasks = []
+    for k, name in enumerate(["cat", "dog"]):
+        images, masks = make_pairs(4, 16, seed=k)
+        path = str(tmp_path / (name + SHARD_SUFFIX))
+        items = [(i, m, f"{name}/{n}") if keyed else (i, m)
+                 for n, (i, m) in enumerate(zip(images, masks))]
+        write_shard(path, items)
+        tasks.append(Task(name, (path,)))
+    return tasks
+
+
+def test_load_keeps_only_listed_images(tmp_path, make_pairs):
+    from metaseg.data.image_lists import ImageList
+    tasks = _keyed_tasks(tmp_path, make_pairs)
+    store = TaskStore.load(tasks, 16, keep_keys=ImageList(["cat/1", "cat/3", "dog/0"], "l.txt"))
+    assert store.names == ("cat", "dog")
+    assert [store.num_examples(i) for i in range(2)] == [2, 1]
+    cat_images, _ = make_pairs(4, 16, seed=0)
+    np.testing.assert_array_equal(store.images.numpy()[:2], cat_images[[1, 3]])
+    # a plain set works too; a task with nothing listed is dropped
+    store = TaskStore.load(tasks, 16, keep_keys={"dog/2"})
+    assert store.names == ("dog",) and store.num_examples(0) == 1
+    # without a list, everything
+    assert len(TaskStore.load(tasks, 16).images) == 8
+
+
+def test_load_with_list_errors(tmp_path, make_pairs):
+    from metaseg.data.image_lists import ImageList
+    tasks = _keyed_tasks(tmp_path, make_pairs)
+    with pytest.raises(DataError, match="train_9.txt selects none"):
+        TaskStore.load(tasks, 16, keep_keys=ImageList(["horse/1"], "train_9.txt"))
+    plain_dir = tmp_path / "plain"
+    plain_dir.mkdir()
+    plain = _keyed_tasks(plain_dir, make_pairs, keyed=False)
+    assert len(TaskStore.load(plain, 16).images) == 8  # the original's format still loads
+    with pytest.raises(DataError, match="re-convert with a current converter"):
+        TaskStore.load(plain, 16, keep_keys={"cat/1"})

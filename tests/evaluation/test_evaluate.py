@@ -164,6 +164,10 @@ def test_write_results_json(tmp_path):
     assert summary["mean_iou"] == pytest.approx(0.5)
     assert summary["ci95"] == pytest.approx(1.96 * np.std([0.25, 0.75, 0.5, 0.5]) / 2)
     assert (summary["num_tasks"], summary["num_samples"]) == (2, 2)
+    assert np.isnan(summary["fold_miou"]) and np.isnan(summary["fb_iou"])  # not computed
+    write_results(str(tmp_path / "run"), dataclasses.replace(results, fold_miou=0.4, fb_iou=0.6))
+    summary = json.loads((tmp_path / "run" / "meta-test_results_summary.json").read_text())
+    assert (summary["fold_miou"], summary["fb_iou"]) == (0.4, 0.6)
     assert sorted(os.listdir(tmp_path / "run")) == [
         RESULTS_FILE, "meta-test_results_summary.json"]  # no temporary file left
 
@@ -224,3 +228,36 @@ def test_many_tasks_do_not_retrace_the_adaptation(store):
     evaluator.evaluate(store, num_samples=3, serial=False)
     assert evaluator.adapter.adapt.experimental_get_tracing_count() == 1
     assert evaluator.adapter.predict.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("serial, samples", [(True, 2), (False, 5)])
+def test_fold_metrics_accumulate_every_query_image(store, serial, samples):
+    """fold_miou / fb_iou equal a numpy accumulation of the same predictions' intersections
+    and unions (predictions fixed: the left half of every query image is foreground)."""
+    evaluator = make_evaluator()
+    elements = []
+    episodes_of = evaluator._episodes
+    evaluator._episodes = lambda *a: (elements.append(e) or e for e in episodes_of(*a))
+
+    def predict(state, support_x, query_x):
+        fg = np.zeros(query_x.shape[:3], np.float32)
+        fg[:, :, :8] = 1.0
+        return tf.constant(np.stack([1.0 - fg, fg], -1))
+
+    evaluator.predict = predict
+    results = evaluator.evaluate(store, num_samples=samples, serial=serial)
+    assert len(elements) == samples * (len(store) if serial else 1)
+    inter, union = {}, {}
+    fb = np.zeros((2, 2))  # [foreground, background] x [intersection, union]
+    for element in elements:
+        name = store.names[int(element["task"])]
+        true = element["query_y"].numpy()[..., 1] > 0.5
+        pred = np.zeros_like(true)
+        pred[:, :, :8] = True
+        inter[name] = inter.get(name, 0) + np.sum(pred & true)
+        union[name] = union.get(name, 0) + np.sum(pred | true)
+        fb += [[np.sum(pred & true), np.sum(pred | true)],
+               [np.sum(~pred & ~true), np.sum(~pred | ~true)]]
+    assert results.fold_miou == pytest.approx(np.mean([inter[c] / union[c] for c in inter]))
+    assert results.fb_iou == pytest.approx(np.mean(fb[:, 0] / fb[:, 1]))
+    assert 0 < results.fold_miou < 1 and 0 < results.fb_iou < 1
