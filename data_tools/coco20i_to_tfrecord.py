@@ -29,16 +29,15 @@ from metaseg.errors import ConfigError, exit_on_error
 
 
 def define_flags() -> None:
+    from metaseg.data.folds import define_converter_flags
+
     flags.DEFINE_string("coco_dir", None, "COCO folder: train2014/, val2014/, annotations/.")
     flags.DEFINE_string("output_dir", None, "Output folder (train/, val/, interleaved/, "
                         "contiguous/).")
-    flags.DEFINE_integer("image_size", 224, "Side of the stored square images.")
-    flags.DEFINE_string("image_list", None, "Use only these training images (file stems); "
-                        "validation images are not restricted.")
-    flags.DEFINE_integer("min_foreground_pixels", 1, "Least annotated area (original "
-                         "resolution) of a class for an image to be its example.")
-    flags.DEFINE_integer("num_workers", None, "Worker threads (default: all CPUs).")
-    flags.DEFINE_bool("overwrite", False, "Replace existing shards (else they are kept).")
+    define_converter_flags(
+        "Use only these training images (file stems); validation images are not restricted.",
+        "Least annotated area (original resolution) of a class for an image to be its "
+        "example.")
     flags.mark_flags_as_required(["coco_dir", "output_dir"])
 
 

@@ -35,18 +35,18 @@ from metaseg.errors import ConfigError, exit_on_error
 
 
 def define_flags() -> None:
+    from metaseg.data.folds import define_converter_flags
+
     flags.DEFINE_string("voc_dir", None, "VOCdevkit/VOC2012 with JPEGImages and "
                         "SegmentationClassAug.")
     flags.DEFINE_string("output_dir", None, "Output folder (train/, val/, fold0-3/).")
-    flags.DEFINE_integer("image_size", 224, "Side of the stored square images.")
     flags.DEFINE_string("val_list", None, "Validation (test) image list; default "
                         "<voc_dir>/ImageSets/Segmentation/val.txt.")
-    flags.DEFINE_string("image_list", None, "Use only these training images (labelled "
-                        "fraction); validation images are not restricted.")
-    flags.DEFINE_integer("min_foreground_pixels", 1, "Least pixels (original resolution) a "
-                         "class must cover for an image to be its example (PFENet: 2048).")
-    flags.DEFINE_integer("num_workers", None, "Worker threads (default: all CPUs).")
-    flags.DEFINE_bool("overwrite", False, "Replace existing shards (else they are kept).")
+    define_converter_flags(
+        "Use only these training images (labelled fraction); validation images are not "
+        "restricted.",
+        "Least pixels (original resolution) a class must cover for an image to be its "
+        "example (PFENet: 2048).")
     flags.mark_flags_as_required(["voc_dir", "output_dir"])
 
 

@@ -125,3 +125,14 @@ def write_fold_dirs(output_dir: str, class_names: Sequence[str],
                         "%s%s", len(missing), ", ".join(missing[:10]),
                         ", ..." if len(missing) > 10 else "")
     return missing
+
+
+def define_converter_flags(image_list_help: str, min_pixels_help: str) -> None:
+    """The absl flags the PASCAL-5i and COCO-20i converters share (called by their scripts)."""
+    from absl import flags  # pylint: disable=import-outside-toplevel  (scripts only)
+
+    flags.DEFINE_integer("image_size", 224, "Side of the stored square images.")
+    flags.DEFINE_string("image_list", None, image_list_help)
+    flags.DEFINE_integer("min_foreground_pixels", 1, min_pixels_help)
+    flags.DEFINE_integer("num_workers", None, "Worker threads (default: all CPUs).")
+    flags.DEFINE_bool("overwrite", False, "Replace existing shards (else they are kept).")
