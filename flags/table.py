@@ -124,6 +124,9 @@ _MODEL = [
     _flag("restore_efficient_net_weights_from", "str",
           "model.restore_efficient_net_weights_from",
           "Backbone checkpoint to start meta-training from."),
+    _flag("mixed_precision", "str", "model.mixed_precision",
+          "fp32, or bf16 for Keras's mixed_bfloat16 policy (bfloat16 compute; variables, "
+          "batch norm, logits and loss in float32)."),
 ]
 
 _INNER = [
@@ -228,6 +231,18 @@ _KSHOT = [
           "Inner steps per k in the k-shot experiment, e.g. --k_shot_iter_range 1 5 10."),
 ]
 
+_DISTRIBUTE = [
+    _flag("distribution_strategy", "str", "distribute.strategy",
+          "tf.distribute strategy: default (one device), mirrored (all local GPUs, or the "
+          "--num_cpu_devices logical CPUs), multi_worker_mirrored (machines in TF_CONFIG) or "
+          "tpu. The --meta-batch tasks are spread over the replicas."),
+    _flag("num_cpu_devices", "int", "distribute.num_cpu_devices",
+          "Split the CPU into this many logical devices (0: one), e.g. to run "
+          "--distribution_strategy mirrored without GPUs."),
+    _flag("tpu", "str", "distribute.tpu",
+          "TPU name or grpc:// address for --distribution_strategy tpu (empty: the local TPU)."),
+]
+
 FLAG_SPECS: Tuple[FlagSpec, ...] = tuple(_RUN + _DATA + _MODEL + _INNER + _META + _EVAL
-                                         + _UHO + _KSHOT)
+                                         + _UHO + _KSHOT + _DISTRIBUTE)
 

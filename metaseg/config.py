@@ -20,6 +20,7 @@ from metaseg.errors import ConfigError
 BACKBONES = ("efficientnet-b0", "efficientnet-b3")
 SCHEDULES = ("fixed", "constant", "cosine_anneal", "step", "step_decay")
 ALGORITHMS = ("reptile", "fomaml")
+PRECISIONS = ("fp32", "bf16")  # --mixed_precision; bf16 = Keras's "mixed_bfloat16" policy
 QUERY_SIZE = 5  # REFERENCE.md section 3: the query set is always 5 images.
 
 
@@ -70,6 +71,8 @@ class ModelConfig:
     rsd_residual: bool = True
     backbone_weights: Optional[str] = None  # None or "imagenet"
     restore_efficient_net_weights_from: Optional[str] = None
+    # "bf16": compute in bfloat16, variables, batch norm and logits in float32.
+    mixed_precision: str = "fp32"
 
     def __post_init__(self):
         _require(self.feature_extractor_name in BACKBONES,
@@ -84,6 +87,9 @@ class ModelConfig:
                      f"--rsd entries must be reductions 1-4, got {list(self.rsd)}")
         _require(self.backbone_weights in (None, "imagenet"),
                  f"--backbone_weights must be 'imagenet' or unset, got {self.backbone_weights!r}")
+        _require(self.mixed_precision in PRECISIONS,
+                 f"--mixed_precision must be one of {', '.join(PRECISIONS)}, "
+                 f"got {self.mixed_precision!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,6 +307,26 @@ class KShotConfig:
                      f"{list(self.iter_range)}")
 
 
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributeConfig:
+    """Meta-training and evaluation over several devices or machines (``tf.distribute``)."""
+
+    strategy: str = "default"  # one device; see STRATEGIES
+    num_cpu_devices: int = 0  # > 0: split the CPU into this many logical devices
+    tpu: str = ""  # TPU name or grpc:// address for --distribution_strategy tpu ("" = local)
+
+    def __post_init__(self):
+        _require(self.strategy in STRATEGIES,
+                 f"--distribution_strategy must be one of {', '.join(STRATEGIES)}, "
+                 f"got {self.strategy!r}")
+        _require(self.num_cpu_devices >= 0,
+                 f"--num_cpu_devices must be >= 0 (0 keeps one CPU device), "
+                 f"got {self.num_cpu_devices}")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Everything one run of ``run_metasegnet.py`` needs; written beside its checkpoints."""
@@ -313,6 +339,7 @@ class RunConfig:
     uho: UHOConfig = dataclasses.field(default_factory=UHOConfig)
     kshot: KShotConfig = dataclasses.field(default_factory=KShotConfig)
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+    distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
     checkpoint: str = "model_checkpoint"
     pretrained: bool = False
     continue_training_from_checkpoint: Optional[str] = None

@@ -14,6 +14,7 @@ from typing import Optional
 import keras
 from absl import logging
 
+from metaseg import distribute
 from metaseg.config import QUERY_SIZE, RunConfig
 from metaseg.data import TaskStore, image_lists, list_tasks, make_splits, read_class_list
 from metaseg.errors import ConfigError, DataError
@@ -104,6 +105,10 @@ def _store(tasks, config: RunConfig, min_examples: int, purpose: str = "",
 
 def run(config: RunConfig) -> RunResult:
     """Meta-train and/or evaluate as the flags say; returns the headline results."""
+    strategy = distribute.make_strategy(config.distribute)  # before any other TensorFlow work
+    if distribute.is_distributed(strategy) and not config.pretrained:
+        distribute.tasks_per_replica(config.meta.meta_batch, strategy)  # fail before loading
+    _unsupported_on_several_workers(config, strategy)
     data_dir = resolve_data_dir(config)
     _check_writable(config.checkpoint)
     if config.pretrained:  # fail before minutes of loading shards
@@ -120,8 +125,10 @@ def run(config: RunConfig) -> RunResult:
     logging.info("%d training, %d validation, %d test tasks from %s", len(splits.train),
                  len(splits.val), len(splits.test), data_dir)
 
-    model = build(config)
-    evaluator = Evaluator(model, config.inner, config.eval, run_config=dataclasses.asdict(config))
+    with strategy.scope():
+        model = build(config)
+    evaluator = Evaluator(model, config.inner, config.eval, run_config=dataclasses.asdict(config),
+                          strategy=strategy)
     random_init = None
     if config.eval.compare_random_init and not config.pretrained:
         random_init = evaluator.evaluate(eval_store, label="random-init")
@@ -129,7 +136,7 @@ def run(config: RunConfig) -> RunResult:
         restore(model, config.checkpoint,
                 skip_final_layer=config.do_not_restore_final_layer_weights)
     else:
-        _meta_train(config, model, train_store, eval_store, evaluator)
+        _meta_train(config, model, train_store, eval_store, evaluator, strategy)
 
     # --- UHO block (REFERENCE.md section 8) ---
     if config.uho.enabled:
@@ -143,13 +150,13 @@ def run(config: RunConfig) -> RunResult:
         found = uho.optimize_for_run(config, model, val_store, adapter=evaluator.adapter)
         config = uho.with_found_values(config, found)  # --learning-rate, --eval-iters
         evaluator = Evaluator(model, config.inner, config.eval, adapter=evaluator.adapter,
-                              run_config=dataclasses.asdict(config))
+                              run_config=dataclasses.asdict(config), strategy=strategy)
         if config.uho.meta_fine_tune_steps_on_train_val:
             logging.info("Meta-fine-tuning %d iterations on train + val with the found values",
                          config.uho.meta_fine_tune_steps_on_train_val)
             _meta_train(uho.fine_tune_config(config), model,
                         _store(splits.train + splits.val, config, min_examples=1),
-                        eval_store, evaluator)
+                        eval_store, evaluator, strategy)
     # --- end of UHO block ---
     # --- k-shot block (REFERENCE.md section 9) ---
     if config.kshot.enabled:  # the curves replace the usual evaluation
@@ -169,11 +176,13 @@ def run(config: RunConfig) -> RunResult:
             serial=False, save_dir=_save_dir(config, train=True))
         logging.info("Mean IoU over all meta-train tasks: %.4f", train_results.mean_iou)
     test_results = evaluator.evaluate(eval_store, label="test", save_dir=_save_dir(config))
-    write_results(config.checkpoint, test_results)
+    if distribute.is_chief(strategy):
+        write_results(config.checkpoint, test_results)
     return RunResult(test=test_results, train=train_results, random_init=random_init)
 
 
-def _meta_train(config: RunConfig, model, train_store, eval_store, evaluator) -> None:
+def _meta_train(config: RunConfig, model, train_store, eval_store, evaluator,
+                strategy=None) -> None:
     periodic = {  # one random task each, as the original's periodic evaluation
         "train": lambda m: {"IoU": evaluator.evaluate(train_store, num_samples=1, serial=False,
                                                       label="train").mean_iou},
@@ -184,10 +193,23 @@ def _meta_train(config: RunConfig, model, train_store, eval_store, evaluator) ->
                           checkpoint_dir=config.checkpoint,
                           total_inner_steps=config.eval.eval_iters,
                           config=dataclasses.asdict(config), evaluators=periodic,
-                          adapter=evaluator.adapter)
+                          adapter=evaluator.adapter, strategy=strategy)
     if config.continue_training_from_checkpoint:
         trainer.restore(config.continue_training_from_checkpoint)
     trainer.train()
+
+
+def _unsupported_on_several_workers(config: RunConfig, strategy) -> None:
+    """Experiments that write files as they go run on one machine (mirrored is fine)."""
+    if not distribute.is_multi_worker(strategy):
+        return
+    for wanted, flag in ((config.uho.enabled, "--optimize_update_hyperparms_on_val_set"),
+                         (config.kshot.enabled, "--run_k_shot_learning_curves_experiment"),
+                         (config.fine_tune_task, "--fine-tune-task")):
+        if wanted:
+            raise ConfigError(f"{flag} runs on one machine; use --distribution_strategy "
+                              "mirrored or default (multi_worker_mirrored is for "
+                              "meta-training and evaluation)")
 
 
 def _eval_subset(train_store, tasks, config: RunConfig, needed: int) -> TaskStore:

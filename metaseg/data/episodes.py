@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from typing import Dict, NamedTuple, Optional, Sequence
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -129,8 +129,13 @@ def meta_training_dataset(store: TaskStore, *, train_shots: int, inner_iters: in
                           inner_batch: int, replacement: bool = False, augment: bool = False,
                           aug_rate: float = 0.5, foml_tail: Optional[int] = None,
                           tail_with_replacement: bool = False, seed: int = 0,
-                          start_index: int = 0, prefetch: int = 2) -> tf.data.Dataset:
+                          start_index: int = 0, prefetch: int = 2,
+                          keep: Optional[Tuple[int, int, int]] = None) -> tf.data.Dataset:
     """Endless meta-training episodes; element j (from ``start_index``) depends only on (seed, j).
+
+    ``keep=(period, first, count)`` keeps only the episodes j with ``first <= j % period <
+    first + count``: the share of each meta-batch one worker of a distributed run adapts to
+    (the others are never built). Which episode j is does not change.
 
     Element: dict ``task`` int32 [], ``x`` float32 [K', B, S, S, 3], ``y`` [K', B, S, S, 2]
     with K' = inner_iters, or inner_iters - 1 with ``foml_tail`` T, which adds the last
@@ -148,7 +153,11 @@ def meta_training_dataset(store: TaskStore, *, train_shots: int, inner_iters: in
     def episode(j):
         return _training_episode(tensors, fold_seed(base, j), **args)
 
-    return (tf.data.Dataset.range(start_index, 2**62)  # endless in practice
+    indices = tf.data.Dataset.range(start_index, 2**62)  # endless in practice
+    if keep is not None:
+        period, first, count = (int(k) for k in keep)
+        indices = indices.filter(lambda j: (j % period >= first) & (j % period < first + count))
+    return (indices
             .map(episode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(prefetch))
 

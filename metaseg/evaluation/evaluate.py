@@ -5,6 +5,11 @@ adaptation is a pure function of the model's variable values, so nothing is expo
 imported or restored per task and the model's variables are bit-identical afterwards. Each
 task's fine-tuning is one call of the compiled adaptation (``metaseg.meta.adapt``), and its
 episodes come from a prefetched tf.data pipeline.
+
+Under a ``tf.distribute`` strategy with several replicas the tasks of a repetition are spread
+over the replicas, R at a time: each replica adapts to one task and predicts its queries, and
+the predictions of all replicas are gathered to every process, which scores them exactly as
+on one device. Only the chief writes files.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from metaseg import distribute
 from metaseg.config import EvalConfig, InnerConfig
 from metaseg.data import episodes
 from metaseg.evaluation import metrics, predictions
@@ -56,13 +62,18 @@ class Evaluator:
     """Fine-tune-and-score evaluation of ``model``'s current weights."""
 
     def __init__(self, model: keras.Model, inner: InnerConfig, config: EvalConfig,
-                 adapter: Optional[Adapter] = None, run_config: Optional[dict] = None):
+                 adapter: Optional[Adapter] = None, run_config: Optional[dict] = None,
+                 strategy: Optional[tf.distribute.Strategy] = None):
         """``run_config`` (JSON-able) is written beside every saved adapted checkpoint so the
-        model can be rebuilt from it."""
+        model can be rebuilt from it. ``strategy``: spread tasks over its replicas (the model
+        was built in its scope)."""
         self.model, self.inner, self.config = model, inner, config
         self.run_config = run_config
         self.adapter = adapter or Adapter(model, inner)
+        self.strategy = strategy if distribute.is_distributed(strategy) else None
+        self.is_chief = distribute.is_chief(self.strategy)
         self._saver = None
+        self._replicated_predict = None
 
     def evaluate(self, store, *, task_indices: Optional[Sequence[int]] = None,
                  num_samples: Optional[int] = None, serial: Optional[bool] = None,
@@ -91,10 +102,11 @@ class Evaluator:
         for sample in range(num_samples):
             tasks = all_tasks if serial else [int(rng.choice(all_tasks))]
             sample_scores = []
-            for element in self._episodes(store, tasks, steps, sample):
+            for element, probs in self._adapted(start, store, tasks, steps, sample, lr,
+                                                save_dir):
                 name = store.names[int(element["task"])]
                 score = self._score_task(start, element, lr, steps, name, sample, save_dir,
-                                         fold)
+                                         fold, probs)
                 scores.setdefault(name, []).append(score)
                 sample_scores.append(score)
                 progress.add(1)
@@ -113,17 +125,64 @@ class Evaluator:
             replacement=self.inner.replacement, augment=self.inner.augment,
             aug_rate=self.inner.aug_rate, seed=cfg.seed, sample=sample)
 
+    def _adapted(self, start, store, tasks, steps, sample, lr, save_dir):
+        """(episode, query probabilities or None) per task; None: ``_score_task`` adapts.
+
+        With several replicas, and nothing per task to save, each round of R tasks is one
+        replicated adaptation whose predictions are gathered to every process."""
+        elements = self._episodes(store, tasks, steps, sample)
+        if (self.strategy is None or save_dir or self.config.save_predictions_dir
+                or self.strategy.num_replicas_in_sync == 1):
+            for element in elements:
+                yield element, None
+            return
+        replicas, batch = self.strategy.num_replicas_in_sync, []
+        for element in list(elements) + [None]:
+            if element is not None:
+                batch.append(element)
+            if batch and (len(batch) == replicas or element is None):
+                padded = batch + [batch[-1]] * (replicas - len(batch))  # last round: repeat
+                values = self.strategy.experimental_distribute_values_from_function(
+                    lambda ctx, padded=padded: padded[ctx.replica_id_in_sync_group])
+                try:
+                    probs = self._replicated(start, values, lr, tf.constant(max(steps, 1)))
+                except distribute.PEER_ERRORS as e:
+                    raise distribute.peer_failure(e, "evaluation") from None
+                queries = int(batch[0]["query_x"].shape[0])
+                for i, done in enumerate(batch):
+                    yield done, probs[i * queries:(i + 1) * queries]
+                batch = []
+
+    def _replicated(self, start, values, lr, steps):
+        if self._replicated_predict is None:
+            def replica(element, lr, steps):
+                end, _ = self.adapter.adapt(start_state(), element["x"], element["y"], lr,
+                                            tf.constant(0), steps)
+                return self.predict(end, element["support_x"], element["query_x"])
+
+            def start_state():  # this replica's copy of the saved state
+                return tf.nest.map_structure(tf.identity, self.adapter.initial_state())
+
+            def run(values, lr, steps):
+                probs = self.strategy.run(replica, args=(values, lr, steps))
+                return self.strategy.gather(probs, axis=0)
+
+            self._replicated_predict = tf.function(run)
+        del start  # each replica reads the (mirrored) variables, which hold the same state
+        return self._replicated_predict(values, lr, steps)
+
     def _score_task(self, start: AdaptState, element, lr, steps, name, sample, save_dir,
-                    fold: Optional[FoldMetrics] = None) -> float:
-        end, _ = self.adapter.adapt(start, element["x"], element["y"], lr, tf.constant(0),
-                                    tf.constant(max(steps, 1)))
-        probs = self.predict(end, element["support_x"], element["query_x"])
+                    fold: Optional[FoldMetrics] = None, probs=None) -> float:
+        if probs is None:
+            end, _ = self.adapter.adapt(start, element["x"], element["y"], lr, tf.constant(0),
+                                        tf.constant(max(steps, 1)))
+            probs = self.predict(end, element["support_x"], element["query_x"])
         ious = metrics.binary_iou(probs, element["query_y"]).numpy()
         if fold is not None:
             fold.add(name, np.asarray(probs), np.asarray(element["query_y"]))
-        if save_dir:
+        if save_dir and self.is_chief:
             self._save(end, os.path.join(save_dir, name, str(sample)), steps)
-        if self.config.save_predictions_dir:
+        if self.config.save_predictions_dir and self.is_chief:
             predictions.save_overlays(self.config.save_predictions_dir, name, sample,
                                       element["query_x"], probs, element["query_y"])
         return float(np.nanmean(ious))

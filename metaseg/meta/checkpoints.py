@@ -37,6 +37,11 @@ class MetaState:
             trainable=self.trainable, non_trainable=self.non_trainable,
             optimizer=self.optimizer, iteration=self.iteration)
 
+    @property
+    def opt_structure(self):
+        """The optimiser state's structure (its leaves are placeholders)."""
+        return self._opt_structure
+
     def opt_state(self):
         """The optimiser state as the optimiser's NamedTuple of current values."""
         return tf.nest.pack_sequence_as(self._opt_structure, [v.value() for v in self.optimizer])

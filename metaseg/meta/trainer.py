@@ -6,6 +6,11 @@ compiled inner loop, and applies the algorithm's outer update to the model's tra
 weights. Because episodes are indexed and the dropout seed state lives in the model's
 non-trainable weights (checkpointed), a run resumed from checkpoint ``i`` replays exactly
 what an uninterrupted run would have done from iteration ``i`` on.
+
+Under a ``tf.distribute`` strategy (``--distribution_strategy``) the meta-batch is spread
+over the replicas by ``metaseg.meta.replicated`` (see there for how batch-norm statistics
+carry over); each worker builds only its own replicas' episodes, and only the chief writes
+checkpoints, ``config.json`` and TensorBoard logs.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from metaseg import distribute
 from metaseg.config import InnerConfig, MetaConfig
 from metaseg.data import episodes
 from metaseg.errors import MetasegError
 from metaseg.meta import checkpoints, weights
 from metaseg.meta.adapt import Adapter, AdaptState
 from metaseg.meta.algorithms import annealed_meta_step, make_algorithm, outer_update
+from metaseg.meta.replicated import ReplicatedMetaStep
 
 # Settings a resumed run must share with the run that wrote the checkpoint.
 RESUME_KEYS = ("model",)
@@ -50,12 +57,14 @@ class MetaTrainer:
       evaluators: name -> callable(model) returning scalars (e.g. {"IoU": 0.6}); run every
         ``meta.eval_interval`` iterations and logged under ``<checkpoint_dir>/<name>``.
       adapter: the compiled adaptation to use (e.g. the evaluator's, so it is traced once).
+      strategy: a ``tf.distribute`` strategy the model was built under (None: one device).
     """
 
     def __init__(self, model: keras.Model, store, *, meta: MetaConfig, inner: InnerConfig,
                  checkpoint_dir: str, total_inner_steps: int, config: Optional[dict] = None,
                  evaluators: Optional[Dict[str, Evaluator]] = None,
-                 adapter: Optional[Adapter] = None):
+                 adapter: Optional[Adapter] = None,
+                 strategy: Optional[tf.distribute.Strategy] = None):
         self.model, self.store, self.meta, self.inner = model, store, meta, inner
         self.checkpoint_dir = checkpoint_dir
         self.total_inner_steps = tf.constant(max(int(total_inner_steps), 1))
@@ -63,7 +72,17 @@ class MetaTrainer:
         self.evaluators = evaluators or {}
         self.adapter = adapter or Adapter(model, inner)  # share one to trace once
         self.algorithm = make_algorithm(meta.algorithm)
-        self.state = checkpoints.MetaState(model, self.adapter.initial_state().opt)
+        self.strategy = strategy if distribute.is_distributed(strategy) else None
+        self.is_chief = distribute.is_chief(self.strategy)
+        with (self.strategy or tf.distribute.get_strategy()).scope():
+            self.state = checkpoints.MetaState(model, self.adapter.initial_state().opt)
+        self._replicated = None
+        if self.strategy is not None:
+            self._tasks_per_replica = distribute.tasks_per_replica(meta.meta_batch, self.strategy)
+            self._replica_ids = distribute.local_replica_ids(self.strategy)
+            self._replicated = ReplicatedMetaStep(
+                self.strategy, self.adapter, self.algorithm, self.state,
+                meta_batch=meta.meta_batch, reset_state_per_task=meta.reset_state_per_task)
         self.manager = tf.train.CheckpointManager(
             self.state.checkpoint, checkpoint_dir, max_to_keep=meta.keep_checkpoints,
             checkpoint_name=checkpoints.CHECKPOINT_NAME)
@@ -93,7 +112,7 @@ class MetaTrainer:
             logging.info("Checkpoint is already at iteration %d of %d; nothing to train",
                          start, meta.meta_iters)
             return start
-        if self.config:
+        if self.config and self.is_chief:
             checkpoints.write_config(self.checkpoint_dir, self.config)
         stream = iter(self._episodes(start))
         progress = _Progress(meta.meta_iters, start)
@@ -101,7 +120,10 @@ class MetaTrainer:
             tic = time.perf_counter()
             epsilon = annealed_meta_step(iteration, meta.meta_iters, meta.meta_step,
                                          meta.meta_step_final)
-            loss = self._meta_step(stream, iteration, epsilon)
+            if self._replicated is None:
+                loss = self._meta_step(stream, iteration, epsilon)
+            else:
+                loss = self._replicated_meta_step(stream, iteration, epsilon)
             self.state.iteration.assign(iteration + 1)
             seconds = time.perf_counter() - tic
             self._log_scalars("train", iteration + 1, {
@@ -109,19 +131,39 @@ class MetaTrainer:
             done = iteration + 1
             if done % meta.eval_interval == 0 or done == meta.meta_iters:
                 self._evaluate(done, epsilon)
-            if done % meta.checkpoint_every == 0 or done == meta.meta_iters:
+            if (done % meta.checkpoint_every == 0 or done == meta.meta_iters) and self.is_chief:
                 self.manager.save(checkpoint_number=done)
             progress.update(done, loss)
         return meta.meta_iters
 
     def _episodes(self, start_iteration: int) -> tf.data.Dataset:
-        meta, inner = self.meta, self.inner
-        return episodes.meta_training_dataset(
+        meta, inner, keep = self.meta, self.inner, None
+        if self.strategy is not None:  # this worker's share of each meta-batch, per replica
+            per, ids = self._tasks_per_replica, self._replica_ids
+            keep = (meta.meta_batch, ids[0] * per, len(ids) * per)
+        dataset = episodes.meta_training_dataset(
             self.store, train_shots=meta.train_shots, inner_iters=meta.inner_iters,
             inner_batch=meta.inner_batch, replacement=inner.replacement, augment=inner.augment,
             aug_rate=inner.aug_rate, foml_tail=meta.foml_tail,
             tail_with_replacement=meta.sample_foml_train_val_with_replacement,
-            seed=meta.seed, start_index=start_iteration * meta.meta_batch)
+            seed=meta.seed, start_index=start_iteration * meta.meta_batch, keep=keep)
+        return dataset if keep is None else dataset.batch(self._tasks_per_replica)
+
+    def _replicated_meta_step(self, stream, iteration: int, epsilon: float) -> float:
+        """The meta-step spread over the strategy's replicas (``metaseg.meta.replicated``)."""
+        chunks = [next(stream) for _ in self._replica_ids]  # one per local replica, in order
+        first = self._replica_ids[0]
+        values = self.strategy.experimental_distribute_values_from_function(
+            lambda ctx: chunks[ctx.replica_id_in_sync_group - first])
+        try:
+            result = self._replicated(values, tf.constant(self.inner.learning_rate, tf.float32),
+                                      self.total_inner_steps, epsilon)
+        except distribute.PEER_ERRORS as e:
+            raise distribute.peer_failure(e, f"meta-iteration {iteration + 1}") from None
+        if not result.finite:
+            tasks = sorted({self.store.names[int(t)] for c in chunks for t in c["task"]})
+            self._non_finite(iteration, None, tasks)
+        return result.loss
 
     def _meta_step(self, stream, iteration: int, epsilon: float) -> float:
         """Adapt to ``meta_batch`` episodes and apply the outer update; the mean loss."""
@@ -169,11 +211,12 @@ class MetaTrainer:
         return [tf.add_n(list(c)) / len(c) if c[0].dtype.is_floating else c[-1]
                 for c in (list(col) for col in columns)]
 
-    def _non_finite(self, iteration: int, episode) -> None:
-        task = self.store.names[int(episode["task"])]
+    def _non_finite(self, iteration: int, episode, tasks=None) -> None:
+        where = (f"task {self.store.names[int(episode['task'])]!r}" if episode is not None
+                 else f"one of the tasks {', '.join(tasks)}")
         last = checkpoints.latest(self.checkpoint_dir) or "none yet"
         raise NonFiniteLossError(
-            f"non-finite loss at meta-iteration {iteration + 1} on task {task!r}; nothing was "
+            f"non-finite loss at meta-iteration {iteration + 1} on {where}; nothing was "
             f"saved; last good checkpoint: {last}; try a smaller --learning-rate or --meta-step")
 
     # -- logging -----------------------------------------------------------------------------
@@ -189,6 +232,8 @@ class MetaTrainer:
                          " ".join(f"{k}={v:.4f}" for k, v in results.items()))
 
     def _log_scalars(self, name: str, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.is_chief:
+            return
         if name not in self._writers:
             self._writers[name] = tf.summary.create_file_writer(
                 os.path.join(self.checkpoint_dir, name))
