@@ -63,6 +63,8 @@ def test_mirrored_over_two_cpu_devices_equals_one_device(tmp_path, algorithm, op
     assert _max_diff(results, "mirrored1_carry", "mirrored2_carry", count) < 1e-6
     if optimizer == "adam":
         assert _max_diff(results, "mirrored2_reset", "mirrored2_carry", count) > 1e-5
+    # Checkpoint and resume under the strategy: the same as not stopping.
+    assert _max_diff(results, "mirrored2_carry", "mirrored2_resumed", count) < 1e-6
     # Evaluation spread over 2 replicas (5 tasks: the last round padded) scores every task
     # as one device does.
     np.testing.assert_allclose(results[f"mirrored2_reset/{count}"],

@@ -9,7 +9,8 @@ with the engine's own loop (``--reset_state_per_task``, whose result does not de
 order), ``mirrored`` on one logical device, and ``mirrored`` on two; each with both
 batch-norm settings where they apply. It saves every result's variables in OUT.npz, and
 for ``--reset_state_per_task`` runs, last, the query IoU of each of 5 tasks evaluated under
-the same strategy (spread over the replicas).
+the same strategy (spread over the replicas). ``mirrored2_resumed`` stops after one
+meta-step and is resumed from its checkpoint by a new model and trainer.
 
 ``worker`` is one process of a ``multi_worker_mirrored`` run (``TF_CONFIG`` set by the test):
 META_ITERS (default 2) meta-iterations of FOMAML with Adam, a checkpoint every 2, and its
@@ -75,6 +76,15 @@ def compare(out: str, algorithm: str, optimizer: str) -> None:
             suffix = "reset" if reset else "carry"
             run(f"mirrored1_{suffix}", tf.distribute.MirroredStrategy(cpus[:1]), reset)
             run(f"mirrored2_{suffix}", tf.distribute.MirroredStrategy(cpus[:2]), reset)
+        # Interrupted after one meta-step, then resumed by a new trainer and model.
+        first = _meta(algorithm, False)
+        first = MetaConfig(**{**first.__dict__, "meta_iters": 1, "checkpoint_every": 1})
+        resumed = os.path.join(tmp, "resumed")
+        _train(resumed, tf.distribute.MirroredStrategy(cpus[:2]), first, inner)
+        values = _train(resumed, tf.distribute.MirroredStrategy(cpus[:2]),
+                        _meta(algorithm, False), inner)
+        for i, value in enumerate(values):
+            results[f"mirrored2_resumed/{i}"] = value
     np.savez(out, **results)
 
 
