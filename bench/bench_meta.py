@@ -33,13 +33,16 @@ from metaseg.meta.trainer import MetaTrainer  # noqa: E402
 from metaseg.models import build_model, losses  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("sizes", ["64", "224"], "image sizes to measure")
-flags.DEFINE_integer("repeats", 3, "timed repetitions (after one warm-up)")
-flags.DEFINE_string("output", "bench/results_meta.json", "JSON results file")
 
 BATCH, STEPS, META_BATCH = 8, 5, 2
 INNER = InnerConfig(sgd=True, learning_rate=0.0005, loss_name="bce_dice")
 MODEL = ModelConfig(rsd=(2, 4))
+
+
+def define_flags() -> None:
+    flags.DEFINE_list("sizes", ["64", "224"], "image sizes to measure")
+    flags.DEFINE_integer("repeats", 3, "timed repetitions (after one warm-up)")
+    flags.DEFINE_string("output", "bench/results_meta.json", "JSON results file")
 
 
 def _best(fn, repeats):
@@ -59,29 +62,38 @@ def _batch(size):
     return x, np.stack([1 - fg, fg], -1)
 
 
-def bare_keras_step(size, repeats):
-    model = build_model(MODEL).logits_model
+def bare_keras_step(size, repeats, model_config=MODEL):
+    model = build_model(model_config).logits_model
     model.compile(optimizer=keras.optimizers.SGD(0.0005),
                   loss=lambda y, logits: losses.segmentation_loss(logits, y, loss_name="bce_dice"))
     x, y = _batch(size)
     return _best(lambda: model.train_on_batch(x, y), repeats)
 
 
-def compiled_inner_step(size, repeats):
-    adapter = Adapter(build_model(MODEL), INNER)
+def compiled_inner_step(size, repeats, model_config=MODEL, inner=INNER):
+    """Seconds per inner step of the compiled adaptation (STEPS steps per call)."""
+    return inner_step_and_losses(size, repeats, model_config, inner)[0]
+
+
+def inner_step_and_losses(size, repeats, model_config=MODEL, inner=INNER):
+    """(seconds per compiled inner step, the STEPS step losses) from seed-0 weights: the
+    losses identify the function computed, to compare settings that should not change it."""
+    keras.utils.set_random_seed(0)
+    adapter = Adapter(build_model(model_config), inner)
     x, y = _batch(size)
     xs, ys = tf.constant(np.stack([x] * STEPS)), tf.constant(np.stack([y] * STEPS))
     state = adapter.initial_state()
+    step_losses = []
 
     def run():
-        _, step_losses = adapter.adapt(state, xs, ys, tf.constant(0.0005), tf.constant(0),
-                                       tf.constant(STEPS))
-        step_losses.numpy()
+        _, losses_k = adapter.adapt(state, xs, ys, tf.constant(0.0005), tf.constant(0),
+                                    tf.constant(STEPS))
+        step_losses[:] = losses_k.numpy().tolist()
 
-    return _best(run, repeats) / STEPS
+    return _best(run, repeats) / STEPS, step_losses
 
 
-def meta_iteration(size, algorithm, repeats):
+def meta_iteration(size, algorithm, repeats, model_config=MODEL):
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 255, (10, size, size, 3), dtype=np.uint8) for _ in range(4)]
     masks = [(rng.uniform(size=(10, size, size)) > 0.7).astype(np.uint8) * 255 for _ in range(4)]
@@ -89,7 +101,7 @@ def meta_iteration(size, algorithm, repeats):
     meta = MetaConfig(algorithm=algorithm, meta_iters=10**6, meta_batch=META_BATCH,
                       train_shots=10, inner_batch=BATCH, inner_iters=STEPS)
     with tempfile.TemporaryDirectory() as directory:
-        trainer = MetaTrainer(build_model(MODEL), store, meta=meta, inner=INNER,
+        trainer = MetaTrainer(build_model(model_config), store, meta=meta, inner=INNER,
                               checkpoint_dir=directory, total_inner_steps=STEPS)
         stream = iter(trainer._episodes(0))  # pylint: disable=protected-access
         return _best(lambda: trainer._meta_step(stream, 0, 0.1), repeats)  # pylint: disable=protected-access
@@ -123,4 +135,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -87,14 +87,15 @@ def bench_size(model, size: int, batch: int, repeats: int) -> List[Dict]:
     return rows
 
 
-def bench_matmul(n: int = 2048, repeats: int = 5) -> Dict:
-    """Dense float32 matmul throughput: 2 n^3 flops per product."""
+def bench_matmul(n: int = 2048, repeats: int = 5, dtype=tf.float32) -> Dict:
+    """Dense matmul throughput in ``dtype`` (float32 or bfloat16): 2 n^3 flops per product."""
     rng = np.random.default_rng(0)
-    a = tf.constant(rng.normal(size=(n, n)).astype(np.float32))
-    b = tf.constant(rng.normal(size=(n, n)).astype(np.float32))
+    a = tf.cast(tf.constant(rng.normal(size=(n, n)).astype(np.float32)), dtype)
+    b = tf.cast(tf.constant(rng.normal(size=(n, n)).astype(np.float32)), dtype)
     matmul = tf.function(lambda: tf.linalg.matmul(a, b))
     seconds = median_seconds(matmul, repeats)
-    return {"n": n, "seconds": seconds, "gflop_per_s": 2 * n ** 3 / 1e9 / seconds}
+    return {"n": n, "dtype": tf.as_dtype(dtype).name, "seconds": seconds,
+            "gflop_per_s": 2 * n ** 3 / 1e9 / seconds}
 
 
 def markdown(rows: List[Dict], matmul: Dict) -> str:

@@ -71,7 +71,7 @@ class EfficientLab(keras.Model):
             features, images, rsd=rsd, spatial_pyramid_pooling=spatial_pyramid_pooling,
             skip_decoding=skip_decoding, final_layer_dropout_rate=final_layer_dropout_rate,
             rsd_residual=rsd_residual)
-        probabilities = keras.layers.Softmax(name="probabilities")(logits)
+        probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(logits)
         super().__init__(inputs=images, outputs=probabilities, name=name, **kwargs)
         # === Config ===
         self.backbone = backbone

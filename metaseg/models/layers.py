@@ -117,12 +117,15 @@ class DecoderBatchNormalization(keras.layers.BatchNormalization):
         training = bool(training) and self.trainable
         if not (training or self.always_batch_statistics):
             return super().call(inputs, training=False)
+        # In float32 under a mixed policy, as Keras's own batch norm (its weights are float32).
+        inputs = ops.cast(inputs, "float32")
         mean, variance = ops.moments(inputs, axes=self._reduction_axes)
         if training:
             self._update_moving_statistics(inputs, mean, variance)
-        return ops.batch_normalization(
+        outputs = ops.batch_normalization(
             inputs, mean, variance, axis=self.axis, offset=self.beta, scale=self.gamma,
             epsilon=self.epsilon)
+        return ops.cast(outputs, self.compute_dtype)
 
     def _update_moving_statistics(self, inputs, mean, variance):
         shape = ops.shape(inputs)

@@ -9,7 +9,8 @@ can be meta-trained. ``register_model(name, builder)`` makes one available as
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+import contextlib
+from typing import Callable, Dict, Iterator, Optional
 
 import keras
 from absl import logging
@@ -82,10 +83,12 @@ def with_logits(logits_model: keras.Model, *, name: Optional[str] = None) -> ker
     name = name or f"{logits_model.name}_probabilities"
     if _is_functional(logits_model):
         inputs = logits_model.inputs
-        probabilities = keras.layers.Softmax(name="probabilities")(logits_model.outputs[0])
+        probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(
+            logits_model.outputs[0])
     else:
         inputs = keras.Input((None, None, 3), name="images")
-        probabilities = keras.layers.Softmax(name="probabilities")(logits_model(inputs))
+        probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(
+            logits_model(inputs))
     model = keras.Model(inputs, probabilities, name=name)
     # Plain attributes, outside Keras's layer tracking: views, not sublayers.
     model.__dict__["logits_model"] = logits_model
@@ -113,14 +116,39 @@ def _check_channels(model: keras.Model, model_name: str) -> None:
                           "channels; the meta-learner needs 2 (background, foreground)")
 
 
+# --mixed_precision -> Keras dtype policy.
+DTYPE_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Build layers under ``DTYPE_POLICIES[precision]``, restoring the global policy after.
+
+    Keras layers take the global policy when they are created, so the policy is per model
+    (each layer keeps its own) even though it is set globally for the duration.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(DTYPE_POLICIES[precision])
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_model(config: ModelConfig) -> keras.Model:
-    """Build the network ``config.model_name`` names; ConfigError for an unknown name."""
+    """Build the network ``config.model_name`` names; ConfigError for an unknown name.
+
+    ``config.mixed_precision == "bf16"``: every layer computes in bfloat16 except batch
+    norm and the logits, which stay float32 like the variables (EfficientLab marks its
+    logits layer float32; other models should end in a float32 layer too).
+    """
     try:
         builder = MODELS[config.model_name]
     except KeyError:
         raise ConfigError(f"unknown --model_name {config.model_name!r}: known models are "
                           f"{', '.join(sorted(MODELS))}") from None
-    model = builder(config)
+    with dtype_policy(config.mixed_precision):
+        model = builder(config)
     if not isinstance(model, keras.Model):
         raise ConfigError(f"--model_name {config.model_name}: the builder returned "
                           f"{type(model).__name__}, not a keras.Model")

@@ -1,0 +1,131 @@
+"""The measurement groups of ``bench/run_all.py``, each a function of (size, options) -> dict.
+
+Every group builds its own model and data, so ``run_all.py`` can run each in a fresh
+process and report that process's peak resident memory (``ru_maxrss``) beside its numbers.
+The network is the published EfficientLab-B0 (``--rsd 2 4``) with random weights, batch 8,
+SGD, ``bce_dice``; inputs are random images and masks (speed does not depend on content).
+The measuring functions live in ``bench_model.py``, ``bench_meta.py`` and ``bench_data.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import sys
+import time
+import traceback
+from typing import Callable, Dict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [p for p in (HERE, os.path.dirname(HERE)) if p not in sys.path]
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import bench_data  # noqa: E402
+import bench_meta  # noqa: E402
+import bench_model  # noqa: E402
+from metaseg.config import EvalConfig, ModelConfig  # noqa: E402
+from metaseg.data.tasks import TaskStore  # noqa: E402
+from metaseg.evaluation.evaluate import Evaluator  # noqa: E402
+from metaseg.models import build_model  # noqa: E402
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How much to measure. Defaults are the published shapes; tests shrink them."""
+
+    repeats: int = 3
+    eval_steps: int = 59  # the published evaluation: 5 shots, 59 steps (REFERENCE.md s. 10)
+    eval_tasks: int = 3  # tasks timed per evaluation measurement
+    prefetch_episodes: int = 3  # episodes per run of the pipeline-share measurement
+    matmul_n: int = 2048
+
+
+def _model_config(precision: str) -> ModelConfig:
+    return ModelConfig(rsd=(2, 4), mixed_precision=precision)
+
+
+def _store(size: int, tasks: int, examples: int = 10, seed: int = 0) -> TaskStore:
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 255, (examples, size, size, 3), dtype=np.uint8)
+              for _ in range(tasks)]
+    masks = [(rng.uniform(size=(examples, size, size)) > 0.7).astype(np.uint8) * 255
+             for _ in range(tasks)]
+    return TaskStore.from_arrays([f"t{i}" for i in range(tasks)], images, masks)
+
+
+def model_group(size: int, opts: Options) -> Dict:
+    """Forward and forward+backward time, FLOPs and GFLOP/s (fp32 and bf16), matmul rates."""
+    rows = []
+    for precision in PRECISIONS:
+        model = build_model(_model_config(precision))
+        for row in bench_model.bench_size(model, size, bench_meta.BATCH, opts.repeats):
+            rows.append({**row, "precision": precision})
+    matmul = {name: bench_model.bench_matmul(opts.matmul_n, opts.repeats, dtype)
+              for name, dtype in (("fp32", tf.float32), ("bf16", tf.bfloat16))}
+    return {"passes": rows, "matmul": matmul}
+
+
+def inner_group(size: int, opts: Options) -> Dict:
+    """Seconds per compiled inner step (fp32, bf16) next to a bare Keras train step."""
+    out = {"bare_keras_step_s": bench_meta.bare_keras_step(size, opts.repeats)}
+    for precision in PRECISIONS:
+        out[f"inner_step_{precision}_s"] = bench_meta.compiled_inner_step(
+            size, opts.repeats, _model_config(precision))
+    return out
+
+
+def meta_group(size: int, opts: Options) -> Dict:
+    """Seconds per meta-iteration (meta-batch 2 x 5 inner steps) of Reptile and FOMAML."""
+    return {f"{algorithm}_iteration_s": bench_meta.meta_iteration(size, algorithm, opts.repeats)
+            for algorithm in ("reptile", "fomaml")}
+
+
+def eval_group(size: int, opts: Options) -> Dict:
+    """Seconds per evaluated 5-shot task: episode, ``eval_steps`` steps, query prediction."""
+    store = _store(size, opts.eval_tasks)
+    config = EvalConfig(shots=5, eval_batch=bench_meta.BATCH, eval_iters=opts.eval_steps,
+                        eval_samples=1, serially_eval_all_test_tasks=True, transductive=True)
+    evaluator = Evaluator(build_model(_model_config("fp32")), bench_meta.INNER, config)
+    # Warm-up: trace the adaptation (any step count) and prediction with 1 step, and the
+    # episode function of the timed step count with one element.
+    evaluator.evaluate(store, task_indices=[0], num_samples=1, serial=True, steps=1)
+    next(iter(evaluator._episodes(store, [0], opts.eval_steps, 0)))  # pylint: disable=protected-access
+    tic = time.perf_counter()  # one pass (59 steps at 224 px take over a minute per task)
+    evaluator.evaluate(store, num_samples=1, serial=True)
+    return {"eval_task_s": (time.perf_counter() - tic) / opts.eval_tasks,
+            "eval_steps": opts.eval_steps, "eval_tasks": opts.eval_tasks, "shots": 5}
+
+
+def data_group(size: int, opts: Options) -> Dict:
+    """Share of an EfficientLab inner step the prefetched episode pipeline adds."""
+    store = _store(size, 4)
+    return bench_data.bench_prefetch_share(store, "efficientlab", 5, opts.prefetch_episodes,
+                                           repeats=opts.repeats)
+
+
+GROUPS: Dict[str, Callable[[int, Options], Dict]] = {
+    "model": model_group, "inner": inner_group, "meta": meta_group, "eval": eval_group,
+    "data": data_group,
+}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far (Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_group(name: str, size: int, opts: Options) -> Dict:
+    """One group's results, its wall time and peak RSS; an exception is recorded, not raised."""
+    tic = time.perf_counter()
+    try:
+        result = GROUPS[name](size, opts)
+    except Exception as e:  # pylint: disable=broad-except  # keep the other groups' results
+        result = {"error": f"{type(e).__name__}: {e}".splitlines()[0],
+                  "traceback": traceback.format_exc()}
+    return {"group": name, "image_size": size, **result,
+            "wall_s": time.perf_counter() - tic, "peak_rss_mb": peak_rss_mb()}
