@@ -91,10 +91,10 @@ def group_in_child(name: str, size: int, workdir: str) -> Dict:
 
 
 def quickstart(precision: str, workdir: str) -> Dict:
-    """The README quickstart with ``--mixed_precision precision``: mean IoU, time, memory."""
+    """The README quickstart with the model in ``precision``: mean IoU, time, memory."""
     checkpoint = os.path.join(workdir, f"quickstart_{precision}")
-    cmd = [sys.executable, "run_metasegnet.py", "--flagfile", "flags/quickstart.flags",
-           f"--mixed_precision={precision}", f"--checkpoint={checkpoint}"]
+    cmd = [sys.executable, os.path.join("bench", "precision_run.py"), f"--precision={precision}",
+           "--flagfile", "flags/quickstart.flags", f"--checkpoint={checkpoint}"]
     if FLAGS.accuracy_meta_iters:
         cmd.append(f"--meta-iters={FLAGS.accuracy_meta_iters}")
     logging.info("Quickstart (%s): %s", precision, " ".join(cmd))

@@ -124,9 +124,6 @@ _MODEL = [
     _flag("restore_efficient_net_weights_from", "str",
           "model.restore_efficient_net_weights_from",
           "Backbone checkpoint to start meta-training from."),
-    _flag("mixed_precision", "str", "model.mixed_precision",
-          "fp32, or bf16 for Keras's mixed_bfloat16 policy (bfloat16 compute; variables, "
-          "batch norm, logits and loss in float32)."),
 ]
 
 _INNER = [

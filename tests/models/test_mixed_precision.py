@@ -1,4 +1,6 @@
-"""--mixed_precision bf16: Keras's mixed_bfloat16 policy, float32 where it matters."""
+"""ModelConfig(mixed_precision="bf16"): Keras's mixed_bfloat16 policy, float32 where it matters.
+
+It is a library and benchmark option, not a command-line flag (README, Mixed precision)."""
 import keras
 import numpy as np
 import pytest
@@ -69,5 +71,14 @@ def test_bf16_probabilities_close_to_but_not_equal_fp32(models):
 
 
 def test_unknown_precision_is_a_config_error():
-    with pytest.raises(ConfigError, match="--mixed_precision must be one of fp32, bf16"):
+    with pytest.raises(ConfigError, match="ModelConfig.mixed_precision must be one of fp32, bf16"):
         ModelConfig(mixed_precision="fp16x")
+
+
+def test_it_is_not_a_command_line_flag(tmp_path):
+    from tests.cli.conftest import own_stderr_lines, run_script  # pylint: disable=import-outside-toplevel
+    result = run_script(["--mixed_precision", "bf16", "--dataset", "synthetic"], cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = own_stderr_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "mixed_precision" in lines[0]
+    assert list(tmp_path.iterdir()) == []
