@@ -216,3 +216,23 @@ def test_cli_bad_distribution_inputs_end_in_one_line_and_write_nothing(tmp_path,
     assert lines[-1].startswith("error: ") and message in lines[-1], proc.stderr[-2000:]
     assert not any(line.startswith("Traceback") for line in lines)
     assert not checkpoint.exists() and not (tmp_path / "cache").exists()
+
+
+def test_cli_mirrored_run_meta_trains_evaluates_and_writes_results(tmp_path):
+    checkpoint = tmp_path / "run"
+    proc = subprocess.run(
+        CLI_BASE + ["--checkpoint", str(checkpoint), "--cache_dir", str(tmp_path / "cache"),
+                    "--distribution_strategy", "mirrored", "--num_cpu_devices", "2",
+                    "--meta-batch", "2", "--meta-iters", "2", "--eval-iters", "2",
+                    "--eval-samples", "1", "--serially_eval_all_test_tasks",
+                    "--noeval_train_tasks", "--eval-interval", "100", "--rsd", "2", "4"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Mean IoU over all meta-test tasks:" in proc.stdout
+    assert (checkpoint / "model.ckpt-2.index").exists()
+    with open(checkpoint / "config.json", encoding="utf-8") as f:
+        assert json.load(f)["distribute"] == {"strategy": "mirrored", "num_cpu_devices": 2,
+                                              "tpu": ""}
+    with open(checkpoint / "meta-test_results.json", encoding="utf-8") as f:
+        scores = json.load(f)
+    assert scores and all(len(v) == 1 and 0.0 <= v[0] <= 1.0 for v in scores.values())
