@@ -95,4 +95,4 @@ def markdown(results: Dict) -> str:
         "Peak resident set size (`ru_maxrss`) of the process that ran each measurement "
         "(TensorFlow's CPU allocator has no `get_memory_info`); it includes the ~0.6 GB of "
         "the TensorFlow runtime itself.", "", memory_table(results), "",
-        "## Mixed precision (`--mixed_precision bf16`)", "", accuracy_table(results), ""])
+        "## Mixed precision (bf16 via `bench/precision_run.py`)", "", accuracy_table(results), ""])

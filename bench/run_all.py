@@ -8,8 +8,8 @@ fp32/bf16 matmul rates, compiled inner step fp32/bf16 vs bare Keras step, Reptil
 FOMAML meta-iterations, evaluation of a 5-shot task with 59 steps, data pipeline share)
 runs in a fresh Python process, so its peak resident memory (``ru_maxrss``) is its own.
 Then, unless ``--noaccuracy``, the README quickstart (``flags/quickstart.flags``) runs
-once in fp32 and once with ``--mixed_precision bf16``: mean IoU on the 24 test classes,
-wall time and the keep/drop decision for bf16 (keep if within 1 IoU point and faster).
+once in fp32 and once in bf16 (``bench/precision_run.py --precision bf16``): mean IoU on
+the 24 test classes, wall time and the keep/drop decision for bf16 (keep if within 1 IoU point and faster).
 The JSON and Markdown record the commit, the exact command, the machine and the time.
 Not part of the test suite (``tests/bench`` runs it with tiny settings).
 """

@@ -145,7 +145,7 @@ class Evaluator:
                 values = self.strategy.experimental_distribute_values_from_function(
                     lambda ctx, padded=padded: padded[ctx.replica_id_in_sync_group])
                 try:
-                    probs = self._replicated(start, values, lr, tf.constant(max(steps, 1)))
+                    probs = self._replicated(values, lr, tf.constant(max(steps, 1)))
                 except distribute.PEER_ERRORS as e:
                     raise distribute.peer_failure(e, "evaluation") from None
                 queries = int(batch[0]["query_x"].shape[0])
@@ -153,7 +153,8 @@ class Evaluator:
                     yield done, probs[i * queries:(i + 1) * queries]
                 batch = []
 
-    def _replicated(self, start, values, lr, steps):
+    def _replicated(self, values, lr, steps):
+        """Each replica adapts to its episode from the saved state; every query's probabilities."""
         if self._replicated_predict is None:
             def replica(element, lr, steps):
                 end, _ = self.adapter.adapt(start_state(), element["x"], element["y"], lr,
@@ -168,7 +169,6 @@ class Evaluator:
                 return self.strategy.gather(probs, axis=0)
 
             self._replicated_predict = tf.function(run)
-        del start  # each replica reads the (mirrored) variables, which hold the same state
         return self._replicated_predict(values, lr, steps)
 
     def _score_task(self, start: AdaptState, element, lr, steps, name, sample, save_dir,

@@ -142,5 +142,5 @@ def decode(features, images, *, rsd, spatial_pyramid_pooling: bool, skip_decodin
         x = keras.layers.Dropout(final_layer_dropout_rate, name="final_dropout")(x)
     x = keras.layers.Conv2D(2, 1, kernel_initializer=conv_kernel_initializer(),
                             name=FINAL_CONV)(x)
-    # float32 under --mixed_precision bf16 too: the loss and softmax see float32 logits.
+    # float32 under the bf16 policy too: the loss and softmax see float32 logits.
     return AlignedResize(name="logits", dtype="float32")([x, images])

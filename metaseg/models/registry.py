@@ -116,7 +116,7 @@ def _check_channels(model: keras.Model, model_name: str) -> None:
                           "channels; the meta-learner needs 2 (background, foreground)")
 
 
-# --mixed_precision -> Keras dtype policy.
+# ModelConfig.mixed_precision -> Keras dtype policy.
 DTYPE_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 
 
