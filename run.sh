@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The published FSS-1000 evaluation (REFERENCE.md section 10): the released FOMAML* EfficientLab
-# checkpoint, fine-tuned on every test task for 59 steps and scored on 5 query images each.
+# The published FSS-1000 evaluation (the original ml4ai/mliis run.sh): the released FOMAML*
+# EfficientLab checkpoint, fine-tuned on every test task for 59 steps and scored on 5 query
+# images each.
 #
 #   METASEG_DATA_DIR          FSS-1000 shards                 (default: fewshot_shards/)
 #   METASEG_CHECKPOINT_DIR    the authors' checkpoint dir     (default: EfficientLab-6-3_FOMAML-star_checkpoint)
-#   METASEG_TEST_CLASSES      FSS-1000 test-class list file   (default: fss1000_test_classes.txt)
+#   METASEG_TEST_CLASSES      FSS-1000 test-class list file   (default: the authors' 240 test
+#                             classes, shipped as metaseg/resources/fss1000_test_classes.txt)
 #
 # Extra arguments are appended to the original command line (later flags win), e.g.
 #   ./run.sh --eval-samples 1
@@ -13,7 +15,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 data_dir=${METASEG_DATA_DIR:-fewshot_shards/}
 checkpoint_dir=${METASEG_CHECKPOINT_DIR:-EfficientLab-6-3_FOMAML-star_checkpoint}
-test_classes=${METASEG_TEST_CLASSES:-fss1000_test_classes.txt}
+test_classes=${METASEG_TEST_CLASSES:-$here/metaseg/resources/fss1000_test_classes.txt}
 
 missing=0
 if [ ! -d "$data_dir" ]; then
@@ -25,7 +27,7 @@ if [ ! -d "$checkpoint_dir" ]; then
   missing=1
 fi
 if [ ! -f "$test_classes" ]; then
-  echo "run.sh: no test-class list '$test_classes': save the FSS-1000 authors' 240 test classes (one per line) there or set METASEG_TEST_CLASSES" >&2
+  echo "run.sh: no test-class list '$test_classes': set METASEG_TEST_CLASSES to a file of class names, one per line (unset, it is the shipped FSS-1000 list metaseg/resources/fss1000_test_classes.txt)" >&2
   missing=1
 fi
 [ "$missing" -eq 0 ] || exit 2

@@ -13,6 +13,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["metaseg", "metaseg.*", "flags", "data_tools"]),
     py_modules=["run_metasegnet"],
+    package_data={"metaseg.resources": ["*.txt", "*.tsv", "*.md"]},
     install_requires=[
         "tensorflow>=2.16,<2.22",
         "keras>=3.10",

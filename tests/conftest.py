@@ -1,18 +1,20 @@
-"""Shared test setup: quiet TensorFlow, TensorFlow backend, tiny generated fixtures."""
+"""Shared test setup: quiet TensorFlow, TensorFlow backend, tiny generated fixtures, and the
+time limits of subprocesses (scaled for a loaded machine)."""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import pathlib
+# Every subprocess time limit in the tests goes through time_limit(): the seconds a test
+# names are what the step takes on an idle machine, times this factor. The default leaves
+# room for a 2-core machine shared with other jobs; METASEG_TEST_TIME_SCALE overrides it.
+DEFAULT_TIME_SCALE = 4.0
 
-import pytest
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
-
-
-@pytest.fixture(scope="session")
-def shared_dir():
-    """``../shared`` beside the checkout (class lists and spec); tests that need it fail loudly."""
-    assert SHARED.is_dir(), f"expected the shared folder at {SHARED}"
-    return SHARED
+def time_limit(seconds: float) -> float:
+    """``seconds`` scaled by ``$METASEG_TEST_TIME_SCALE`` (default 4): for ``timeout=`` and
+    polling deadlines, never for how long a test sleeps on purpose."""
+    scale = float(os.environ.get("METASEG_TEST_TIME_SCALE", DEFAULT_TIME_SCALE))
+    if not scale > 0:
+        raise ValueError(f"METASEG_TEST_TIME_SCALE must be a positive number, not {scale}")
+    return seconds * scale

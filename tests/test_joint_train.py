@@ -18,6 +18,7 @@ from metaseg.evaluation.metrics import binary_iou
 from metaseg.meta import checkpoints
 from metaseg.models import build_model
 from tests.cli.conftest import subprocess_env
+from tests.conftest import time_limit
 from tests.data.conftest import synthetic_pairs
 
 SIZE, EXAMPLES = 32, 12
@@ -84,7 +85,7 @@ def test_flags_build_the_config_and_name_the_flags_it_ignores(data, tmp_path, ca
 def test_bad_flag_ends_in_one_line_before_tensorflow(tmp_path):
     result = subprocess.run([sys.executable, "-m", "metaseg.joint_train", "--epochs", "0"],
                             capture_output=True, text=True, cwd=tmp_path, env=subprocess_env(),
-                            timeout=120)
+                            timeout=time_limit(120))
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["error: --epochs must be positive, got 0"]
     assert not os.listdir(tmp_path)  # nothing was created

@@ -10,6 +10,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import report  # noqa: E402  # bench/report.py
 import run_all  # noqa: E402  # bench/run_all.py (defines its flags only when run)
+from tests.conftest import time_limit  # noqa: E402
 
 
 def test_tiny_suite_writes_json_and_markdown(tmp_path):
@@ -18,7 +19,7 @@ def test_tiny_suite_writes_json_and_markdown(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / "run_all.py"), "--sizes=32", "--groups=eval",
          "--repeats=1", "--eval_steps=1", "--eval_tasks=1", "--noaccuracy",
-         f"--output={output}"], capture_output=True, text=True, env=env, timeout=600,
+         f"--output={output}"], capture_output=True, text=True, env=env, timeout=time_limit(600),
         check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(output.read_text())

@@ -11,6 +11,7 @@ import pytest
 
 from metaseg.data import SHARD_SUFFIX, write_shard
 from tests.data.conftest import synthetic_pairs
+from tests.conftest import time_limit
 from tests.models import tf1_fixtures
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -46,9 +47,9 @@ def shards(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tf1_weights(shared_dir):
+def tf1_weights():
     """{TF1 name: float32 array}: the published EfficientLab-B0 --rsd 2 4, random values."""
-    return tf1_fixtures.random_weights(tf1_fixtures.read_tsv(shared_dir), seed=0)
+    return tf1_fixtures.random_weights(tf1_fixtures.read_tsv(), seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -67,13 +68,14 @@ def subprocess_env(**extra):
 
 
 def run_script(args, *, cwd, env=None, timeout=300):
-    """``python run_metasegnet.py ARGS`` (or ``bash run.sh`` when args[0] == 'run.sh')."""
+    """``python run_metasegnet.py ARGS`` (or ``bash run.sh`` when args[0] == 'run.sh');
+    ``timeout`` is in idle-machine seconds, scaled by :func:`tests.conftest.time_limit`."""
     if args and args[0] == "run.sh":
         command = ["bash", str(REPO / "run.sh"), *args[1:]]
     else:
         command = [sys.executable, str(REPO / "run_metasegnet.py"), *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd,
-                          env=env or subprocess_env(), timeout=timeout)
+                          env=env or subprocess_env(), timeout=time_limit(timeout))
 
 
 def own_stderr_lines(stderr):

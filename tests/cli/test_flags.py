@@ -14,6 +14,8 @@ from absl import flags as absl_flags
 import flags
 from metaseg.config import ModelConfig, RunConfig
 from metaseg.errors import ConfigError
+from metaseg.resources import ORIGINAL_FLAGS, resource_path
+from tests.conftest import time_limit
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -32,14 +34,14 @@ ABSL_TYPES = {"str": "string", "bool": "bool", "int": "int", "float": "float",
               "int list": "int list"}
 
 
-def _flags_md_rows(shared_dir):
-    """``[(name, type, default text)]`` from the markdown table of spec/FLAGS.md."""
+def _flags_md_rows():
+    """``[(name, type, default text)]`` from the shipped table of the original's flags."""
     rows = []
-    for line in (shared_dir / "spec" / "FLAGS.md").read_text().splitlines():
+    for line in resource_path(ORIGINAL_FLAGS).read_text().splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if re.match(r"--[a-z]", cells[0]):
             rows.append((cells[0][2:], cells[1], cells[2]))
-    assert len(rows) > 70, "FLAGS.md table not found"
+    assert len(rows) > 70, "flag table not found"
     return rows
 
 
@@ -71,8 +73,8 @@ def _config(fv, words):
 
 # --- names, types, defaults ---------------------------------------------------------------
 
-def test_flags_md_types_and_defaults(shared_dir, fv):
-    for name, kind, default in _flags_md_rows(shared_dir):
+def test_flags_md_types_and_defaults(fv):
+    for name, kind, default in _flags_md_rows():
         assert name in fv, f"--{name} of FLAGS.md is not defined"
         assert fv[name].flag_type() == ABSL_TYPES[kind], name
         assert fv[name].default == _md_value(kind, default), name
@@ -85,9 +87,9 @@ NEW_FLAGS = {"dataset", "test_tasks_file", "val_tasks_file", "backbone_weights",
              "distribution_strategy", "num_cpu_devices", "tpu"}
 
 
-def test_flag_set_is_flags_md_plus_the_new_ones(shared_dir):
+def test_flag_set_is_flags_md_plus_the_new_ones():
     names = [spec.name for spec in flags.FLAG_SPECS]
-    original = {name for name, _, _ in _flags_md_rows(shared_dir)}
+    original = {name for name, _, _ in _flags_md_rows()}
     assert set(names) == original | NEW_FLAGS and not original & NEW_FLAGS
     # No two flags may differ only by hyphen/underscore: both spellings must stay unambiguous.
     assert len({name.replace("-", "_") for name in names}) == len(names)
@@ -120,8 +122,8 @@ def _example(kind):
             "bool": ([], True), "int list": (["2", "4"], [2, 4])}[kind]
 
 
-def test_every_flags_md_flag_accepted_in_both_spellings(shared_dir):
-    for name, kind, _ in _flags_md_rows(shared_dir):
+def test_every_flags_md_flag_accepted_in_both_spellings():
+    for name, kind, _ in _flags_md_rows():
         words, expected = _example(kind)
         for spelling in filter(None, (name, _other_spelling(name))):
             flag_values = absl_flags.FlagValues()
@@ -317,7 +319,7 @@ app.run(main, flags_parser=flags.parse_flags_or_exit)
 def _run_script(*words):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-c", SCRIPT, *words], capture_output=True,
-                          text=True, cwd=REPO, env=env, timeout=60)
+                          text=True, cwd=REPO, env=env, timeout=time_limit(60))
 
 
 def test_script_with_absl_app():

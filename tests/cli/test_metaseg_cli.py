@@ -22,6 +22,7 @@ from metaseg.meta import checkpoints
 from metaseg.meta.adapt import Adapter
 from metaseg.pipeline import build
 from tests.cli.conftest import own_stderr_lines, subprocess_env
+from tests.conftest import time_limit
 
 SIZE = 64
 UHO_LR, UHO_STEPS = 0.02, 3
@@ -193,7 +194,7 @@ def check_export(adapted, query, tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", EXPORT_CHECK, str(saved_model), str(keras_file),
          str(tmp_path / "inputs.npy"), str(tmp_path / "out.npz"), *queries],
-        capture_output=True, text=True, env=subprocess_env(), timeout=300, cwd=tmp_path)
+        capture_output=True, text=True, env=subprocess_env(), timeout=time_limit(300), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     reloaded = np.load(tmp_path / "out.npz")
     source = cli_checkpoint.open_checkpoint(str(adapted), "--model")
@@ -346,7 +347,7 @@ def test_console_entry_point_one_line_error(tmp_path):
     """``python -m metaseg`` (what the console script runs) on an unknown checkpoint."""
     result = subprocess.run(
         [sys.executable, "-m", "metaseg", "info", str(tmp_path)], capture_output=True,
-        text=True, env=subprocess_env(), timeout=120, cwd=tmp_path)
+        text=True, env=subprocess_env(), timeout=time_limit(120), cwd=tmp_path)
     assert result.returncode == 2
     assert own_stderr_lines(result.stderr) == [
         f"error: CHECKPOINT {tmp_path} is not a checkpoint metaseg knows: expected a folder "

@@ -228,16 +228,35 @@ def test_run_sh_names_what_is_missing(shards, tf1_checkpoint, tmp_path):
         f"run.sh: no FSS-1000 shards at '{tmp_path / 'no_shards'}': download the authors' "
         "shards or convert FSS-1000 with data_tools/fss_1000_image_to_tfrecord.py, then set "
         "METASEG_DATA_DIR"]
-    # nothing set, nothing in the working directory: all three named, by the original defaults
+    # nothing set, nothing in the working directory: both downloads named, by the original
+    # defaults; the test-class list is shipped, so it is never missing
     bare = {k: v for k, v in subprocess_env().items() if not k.startswith("METASEG_")}
     result = run_script(["run.sh"], cwd=tmp_path, env=bare)
     lines = result.stderr.splitlines()
-    assert result.returncode == 2 and len(lines) == 3
+    assert result.returncode == 2 and len(lines) == 2, result.stderr
     assert "'fewshot_shards/'" in lines[0] and "METASEG_DATA_DIR" in lines[0]
     assert "'EfficientLab-6-3_FOMAML-star_checkpoint'" in lines[1]
     assert "METASEG_CHECKPOINT_DIR" in lines[1]
-    assert "METASEG_TEST_CLASSES" in lines[2]
     assert os.listdir(tmp_path) == []
+    # a test-class list that is not there is named
+    result = run_script(["run.sh"], cwd=tmp_path,
+                        env=dict(env, METASEG_TEST_CLASSES=str(tmp_path / "nope.txt")))
+    assert result.returncode == 2
+    assert f"run.sh: no test-class list '{tmp_path / 'nope.txt'}'" in result.stderr
+
+
+def test_run_sh_uses_the_shipped_fss1000_test_classes_by_default(shards, tf1_checkpoint,
+                                                                 tmp_path):
+    """Unset METASEG_TEST_CLASSES means the authors' 240 test classes: on shards without
+    them the run stops naming the first of that list, not a missing file."""
+    env = {k: v for k, v in subprocess_env().items() if k != "METASEG_TEST_CLASSES"}
+    env.update(METASEG_DATA_DIR=str(shards.data_dir), METASEG_CHECKPOINT_DIR=str(tf1_checkpoint))
+    result = run_script(["run.sh", "--image_size", "32"], cwd=tmp_path, env=env)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = own_stderr_lines(result.stderr)
+    assert lines[-1].startswith(
+        "error: 240 test classes have no shard among the 8 candidate tasks: bus, hotel_slipper, "
+        ), result.stderr[-2000:]
 
 
 # --- bad input: one line, exit 2, nothing written --------------------------------------

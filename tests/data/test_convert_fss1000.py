@@ -11,6 +11,7 @@ from PIL import Image
 from data_tools import fss_1000_image_to_tfrecord as convert
 from metaseg.data.shards import read_shard, read_shard_with_keys
 from metaseg.errors import DataError
+from tests.conftest import time_limit
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "data_tools" / "fss_1000_image_to_tfrecord.py"
@@ -233,7 +234,7 @@ def _run(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+                          env=env, timeout=time_limit(120))
 
 
 def test_script_lists_skips_and_exits_2(tmp_path):

@@ -16,6 +16,7 @@ from metaseg.data.pseudo_tasks import STATS_FILE, PseudoTaskOptions, make_pseudo
 from metaseg.data.shards import SHARD_SUFFIX, read_shard
 from metaseg.data.tasks import TaskStore, list_tasks
 from metaseg.errors import ConfigError, DataError
+from tests.conftest import time_limit
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PALETTE = np.array([[230, 20, 20], [20, 200, 20], [20, 20, 230], [235, 235, 235]], np.uint8)
@@ -253,7 +254,7 @@ def test_cli_bad_input_is_one_line(tmp_path):
         [sys.executable, str(REPO / "data_tools" / "make_pseudo_tasks.py"), "--input_dir",
          str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"), "--backbone", "pixels",
          "--image_size", "32", "--num_clusters", "2", "--verbosity", "-1"],
-        capture_output=True, text=True, env=env, timeout=120)
+        capture_output=True, text=True, env=env, timeout=time_limit(120))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr  # the skipped file is warned about, then:
     assert result.stderr.strip().splitlines()[-1:] == [

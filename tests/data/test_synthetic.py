@@ -16,6 +16,7 @@ from metaseg.data.shards import SHARD_SUFFIX
 from metaseg.data.synthetic import scene, shapes
 from metaseg.data.synthetic.appearance import APPEARANCE_FAMILIES, TEXTURES
 from metaseg.errors import ConfigError, DataError
+from tests.conftest import time_limit
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "data_tools" / "make_synthetic_fss.py"
@@ -250,7 +251,7 @@ def test_ensure_benchmark_says_how_to_fix_an_unwritable_cache(tmp_path):
 def _run_script(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True,
-                          text=True, env=env, timeout=120)
+                          text=True, env=env, timeout=time_limit(120))
 
 
 def _tiny_flags(output_dir):

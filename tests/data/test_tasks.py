@@ -9,6 +9,8 @@ from metaseg.data.shards import SHARD_SUFFIX, write_shard
 from metaseg.data.tasks import (FPK_SYNONYMS, Splits, Task, TaskStore, list_tasks,
                                 make_splits, merge_fpk_tasks, read_class_list)
 from metaseg.errors import ConfigError, DataError
+from metaseg.resources import (FPK_TEST_CLASSES, FSS1000_TEST_CLASSES, FSS1000_TRAIN_CLASSES,
+                               resource_path)
 
 
 def _touch_shards(directory, names):
@@ -55,14 +57,14 @@ def test_list_tasks_errors(tmp_path):
     assert str(error.value) == f"data directory {empty} holds no *.tfrecord.gzip shards; {hint}"
 
 
-def test_read_class_list(tmp_path, shared_dir):
+def test_read_class_list(tmp_path):
     path = tmp_path / "classes.txt"
     path.write_bytes(b"# held-out classes\r\nbus\r\n\r\n  abe's_flyingfish  \r\n#x\r\nzebra")
     assert read_class_list(path) == ["bus", "abe's_flyingfish", "zebra"]
-    fss_test = read_class_list(shared_dir / "data" / "fss1000_test_classes.txt")
+    fss_test = read_class_list(resource_path(FSS1000_TEST_CLASSES))
     assert len(fss_test) == len(set(fss_test)) == 240
-    assert fss_test[:2] == ["bus", "hotel_slipper"]  # CRLF stripped
-    fss_train = read_class_list(shared_dir / "data" / "fss1000_train_classes.txt")
+    assert fss_test[:2] == ["bus", "hotel_slipper"]  # CRLF and the provenance line stripped
+    fss_train = read_class_list(resource_path(FSS1000_TRAIN_CLASSES))
     assert len(fss_train) == 760 and not set(fss_train) & set(fss_test)
 
 
@@ -82,10 +84,10 @@ def test_read_class_list_errors(tmp_path):
 # --- splits ------------------------------------------------------------------------------
 
 @pytest.fixture
-def fss_like_dir(tmp_path, shared_dir):
+def fss_like_dir(tmp_path):
     """All 240 FSS-1000 test classes plus the first 20 train classes, as empty shard files."""
-    test = read_class_list(shared_dir / "data" / "fss1000_test_classes.txt")
-    train = read_class_list(shared_dir / "data" / "fss1000_train_classes.txt")[:20]
+    test = read_class_list(resource_path(FSS1000_TEST_CLASSES))
+    train = read_class_list(resource_path(FSS1000_TRAIN_CLASSES))[:20]
     return _touch_shards(tmp_path / "shards", test + train), test, train
 
 
@@ -99,8 +101,8 @@ def test_splits_from_the_fss1000_test_list(fss_like_dir):
     assert splits.test[0].paths == (str(directory / (sorted(test)[0] + SHARD_SUFFIX)),)
 
 
-def test_unknown_test_classes_are_listed(tmp_path, shared_dir):
-    test = read_class_list(shared_dir / "data" / "fss1000_test_classes.txt")
+def test_unknown_test_classes_are_listed(tmp_path):
+    test = read_class_list(resource_path(FSS1000_TEST_CLASSES))
     present = ["bus", "hotel_slipper", "burj_al", "cat", "dog"]
     tasks = list_tasks(_touch_shards(tmp_path, present))
     with pytest.raises(DataError) as error:
@@ -147,8 +149,8 @@ FPK_NAMES = ["aeroplane", "airliner", "bus", "cat", "dog", "motorbike", "potted_
              "pottedplant", "school_bus", "television", "tvmonitor"]
 
 
-def test_fpk_synonyms_cover_the_shared_class_list(shared_dir):
-    assert list(FPK_SYNONYMS) == read_class_list(shared_dir / "data" / "fpk_test_classes.txt")
+def test_fpk_synonyms_cover_the_shipped_class_list():
+    assert list(FPK_SYNONYMS) == read_class_list(resource_path(FPK_TEST_CLASSES))
 
 
 def test_merge_fpk_tasks(tmp_path):

@@ -19,11 +19,12 @@ import tensorflow as tf
 from metaseg import distribute
 from metaseg.config import DistributeConfig
 from metaseg.errors import ConfigError
+from tests.conftest import time_limit
 from tests.meta.conftest import tiny_logits_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HELPER = [sys.executable, "-m", "tests.meta.train_distributed"]
-TIMEOUT = 240  # seconds any helper process may take before the test kills it
+TIMEOUT = time_limit(240)  # seconds any helper process may take before the test kills it
 
 
 def _env(**extra):
@@ -130,7 +131,7 @@ def test_two_worker_multi_worker_mirrored_run_trains_and_writes_one_checkpoint(t
 def test_a_dead_worker_makes_the_chief_exit_with_one_line_and_a_sound_checkpoint(tmp_path):
     with _workers(tmp_path, meta_iters=6, die_after=3) as procs:
         dead = procs[1].wait(timeout=TIMEOUT)
-        chief = procs[0].wait(timeout=120)  # heartbeats notice a dead peer within ~30 s
+        chief = procs[0].wait(timeout=time_limit(120))  # heartbeats notice a dead peer within ~30 s
         stderr = procs[0].stderr.read()
     assert dead == 17
     assert chief == 2

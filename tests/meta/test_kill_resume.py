@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from metaseg.meta import checkpoints
+from tests.conftest import time_limit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,7 +30,7 @@ def _final_values(directory):
 def test_killed_and_resumed_process_matches_an_uninterrupted_one(tmp_path):
     full = _start(tmp_path / "full")
     killed = _start(tmp_path / "killed", pause="1.0")
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + time_limit(120)
     while checkpoints.latest(str(tmp_path / "killed")) is None or \
             not checkpoints.latest(str(tmp_path / "killed")).endswith("-3"):
         assert killed.poll() is None, killed.stderr.read().decode()[-2000:]
@@ -37,12 +38,12 @@ def test_killed_and_resumed_process_matches_an_uninterrupted_one(tmp_path):
         time.sleep(0.05)
     time.sleep(0.4)  # somewhere inside iteration 4, between checkpoints
     killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=30)
+    killed.wait(timeout=time_limit(30))
     assert killed.returncode == -signal.SIGKILL
-    assert full.wait(timeout=180) == 0, full.stderr.read().decode()[-2000:]
+    assert full.wait(timeout=time_limit(180)) == 0, full.stderr.read().decode()[-2000:]
 
     resumed = _start(tmp_path / "killed")
-    assert resumed.wait(timeout=180) == 0, resumed.stderr.read().decode()[-2000:]
+    assert resumed.wait(timeout=time_limit(180)) == 0, resumed.stderr.read().decode()[-2000:]
     want, got = _final_values(tmp_path / "full"), _final_values(tmp_path / "killed")
     assert want.keys() == got.keys() and len(want) > 10
     for name, value in want.items():

@@ -7,9 +7,9 @@ from tests.models import tf1_fixtures
 
 
 @pytest.fixture(scope="session")
-def tf1_rows(shared_dir):
+def tf1_rows():
     """The published configuration's TF1 variables: [(name, shape, trainable)]."""
-    return tf1_fixtures.read_tsv(shared_dir)
+    return tf1_fixtures.read_tsv()
 
 
 @pytest.fixture(scope="session")

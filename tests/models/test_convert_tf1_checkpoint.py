@@ -12,6 +12,7 @@ from metaseg.config import ModelConfig
 from metaseg.errors import ConfigError
 from metaseg.models import EfficientLab
 from tests.models import tf1_reference
+from tests.conftest import time_limit
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "data_tools" / "convert_tf1_checkpoint.py"
@@ -39,7 +40,7 @@ def test_command_line_bad_input_is_one_line_exit_2(tmp_path, tf1_checkpoint_dir)
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--tf1_checkpoint", str(tf1_checkpoint_dir),
          "--output", str(tmp_path / "m.weights.h5"), "--rsd", "4"],
-        capture_output=True, text=True, env=env, timeout=120)
+        capture_output=True, text=True, env=env, timeout=time_limit(120))
     assert result.returncode == 2
     errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
     assert len(errors) == 1 and "--rsd" in errors[0] and "not in the model: 18" in errors[0]

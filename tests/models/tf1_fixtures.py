@@ -5,13 +5,16 @@ import os
 import numpy as np
 import tensorflow as tf
 
-TSV = "spec/efficientlab_b0_rsd24_tf1_variables.tsv"
+from metaseg.resources import TF1_VARIABLES, resource_path
 
 
-def read_tsv(shared_dir):
-    """[(name, shape list, trainable bool)] in creation order."""
+def read_tsv():
+    """[(name, shape list, trainable bool)] in creation order, from the shipped table
+    (its first line, a ``#`` comment, says where it came from)."""
     rows = []
-    for line in (shared_dir / TSV).read_text().splitlines():
+    for line in resource_path(TF1_VARIABLES).read_text().splitlines():
+        if line.startswith("#"):
+            continue
         name, shape, trainable = line.split("\t")
         rows.append((name, [int(s) for s in shape.strip("[]").split(",")], trainable == "1"))
     return rows

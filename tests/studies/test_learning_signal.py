@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import time_limit
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "studies" / "learning_signal.py"
 TINY = ("--synthetic_num_classes=12 --synthetic_image_size=32 --image_size=32 "
@@ -16,7 +18,7 @@ TINY = ("--synthetic_num_classes=12 --synthetic_image_size=32 --image_size=32 "
 def _run(args, cwd):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600, check=False)
+                          cwd=cwd, env=env, timeout=time_limit(600), check=False)
 
 
 def test_tiny_study_writes_table_json_and_plot(tmp_path):
