@@ -172,16 +172,20 @@ def _class_seed(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
 
 
-def convert_class(class_dir: str, output_dir: str, options: ConvertOptions) -> ClassReport:
-    """Convert one class folder to ``<output_dir>/<class>.tfrecord.gzip``."""
+def read_class(class_dir: str, options: ConvertOptions
+               ) -> Tuple[List[Tuple[np.ndarray, np.ndarray, str]], ClassReport]:
+    """The examples of one class folder in shard order, and what happened to its files.
+
+    Returns ``[(image uint8 [S, S, 3], mask uint8 [S, S] in {0, 255}, key "<class>/<n>")]``
+    in the seeded per-class order the shard stores them (empty if no pair is valid; the
+    report then says why), and the class's report (status "skipped" until written, or
+    "unlisted"). The tfds builder ``metaseg.tfds`` reads FSS-1000 through this too.
+    """
     name = os.path.basename(os.path.normpath(class_dir))
-    shard = os.path.join(output_dir, name + SHARD_SUFFIX)
-    if os.path.exists(shard) and not options.overwrite:
-        return ClassReport(name, "exists")
     report = ClassReport(name, "skipped")
     pairs, report.skipped = find_pairs(class_dir, options.image_list)
     if options.image_list is not None and not pairs and not report.skipped:
-        return ClassReport(name, "unlisted")
+        return [], ClassReport(name, "unlisted")
     examples = []
     for image_path, mask_path in pairs:
         try:
@@ -198,11 +202,22 @@ def convert_class(class_dir: str, output_dir: str, options: ConvertOptions) -> C
     if not examples:
         why = "no image/mask pairs" if not pairs else "no valid image/mask pair"
         report.skipped.append((class_dir, f"{why} in class folder; no shard written"))
-        return report
+        return [], report
     order = _class_seed(options.seed, name).permutation(len(examples))
+    return [examples[i] for i in order], report
+
+
+def convert_class(class_dir: str, output_dir: str, options: ConvertOptions) -> ClassReport:
+    """Convert one class folder to ``<output_dir>/<class>.tfrecord.gzip``."""
+    name = os.path.basename(os.path.normpath(class_dir))
+    shard = os.path.join(output_dir, name + SHARD_SUFFIX)
+    if os.path.exists(shard) and not options.overwrite:
+        return ClassReport(name, "exists")
+    examples, report = read_class(class_dir, options)
+    if not examples:
+        return report
     try:
-        report.written = write_shard(shard, (examples[i] for i in order),
-                                     overwrite=options.overwrite)
+        report.written = write_shard(shard, examples, overwrite=options.overwrite)
     except (OSError, DataError) as e:
         report.skipped.append((shard, f"could not write shard: {e}"))
         return report
