@@ -129,21 +129,67 @@ def _in_style(name: str, attempt: str) -> str:
     return name
 
 
+class StrayArgumentError(absl_flags.Error):
+    """A word on the command line that is neither a flag nor a flag's value."""
+
+
+# Words a user means as a boolean value (``--augment False``); absl's switches take none.
+_BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "t", "f", "y", "n",
+                            "0", "1"})
+
+
+def _switch_before(normalized: Sequence[str], word: str,
+                   flag_values: absl_flags.FlagValues) -> Optional[Tuple[str, str]]:
+    """``(as written, defined name)`` of the boolean flag just before ``word``, if any."""
+    for before, token in zip(normalized[1:], normalized[2:]):
+        if token != word or "=" in before or not before.startswith("-"):
+            continue
+        written = name = before.lstrip("-")
+        if name not in flag_values and name.startswith("no") and name[2:] in flag_values:
+            name = name[2:]
+        if name in flag_values and flag_values[name].boolean:
+            return written, name
+    return None
+
+
+def stray_argument_message(stray: Sequence[str], normalized: Sequence[str],
+                           flag_values: absl_flags.FlagValues) -> str:
+    """One line for words that are no flag's value, saying how a switch is turned off when
+    a word looks like a boolean value (``--augment False`` -> write ``--noaugment``)."""
+    head = (f"unexpected argument{'s' if len(stray) > 1 else ''} "
+            f"{', '.join(repr(word) for word in stray)}")
+    for word in stray:
+        switch = _switch_before(normalized, word, flag_values)
+        if switch is not None:
+            written, name = switch
+            return (f"{head}: --{written} is a switch and takes no value ({word!r} is not "
+                    f"read); write --{name} to turn it on, --no{name} to turn it off")
+    message = f"{head}: every setting is a --flag (see --helpfull)"
+    if any(word.lower() in _BOOLEAN_WORDS for word in stray):
+        message += ("; switches take no value: write --NAME to turn one on, --noNAME to turn "
+                    "it off (e.g. --noaugment)")
+    return message
+
+
 def parse_flags(argv: Sequence[str],
                 flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> List[str]:
     """Expand flagfiles, normalise, and parse ``argv`` into ``flag_values``.
 
-    Returns the unparsed arguments, program name first (as ``FlagValues.__call__`` does).
-    Raises ``absl.flags.Error``; an unknown flag's error suggests the closest names.
+    Returns ``[program name]``: every other word must be a flag or a flag's value (the
+    original took no positional arguments), else ``StrayArgumentError``. Raises
+    ``absl.flags.Error``; an unknown flag's error suggests the closest names.
     """
     argv = list(argv)
     expanded = argv[:1] + flag_values.read_flags_from_files(argv[1:], force_gnu=False)
     normalized = normalize_argv(expanded, flag_values)
     try:
-        return flag_values(normalized)
+        rest = flag_values(normalized)
     except absl_flags.UnrecognizedFlagError as e:
         raise absl_flags.UnrecognizedFlagError(
             e.flagname, e.flagvalue, suggestions=suggest(e.flagname, flag_values)) from None
+    if len(rest) > 1:
+        raise StrayArgumentError(stray_argument_message(rest[1:], normalized, flag_values))
+    return rest
 
 
 @exit_on_error

@@ -43,13 +43,10 @@ def run_config_from_argv_or_exit(
     """Parse ``argv`` (program name first) and build the config; any mistake ends the program
     with one ``error: ...`` line and exit 2.
 
-    Stray words are mistakes too: the original took no positional arguments.
+    Stray words are mistakes too (``parse_flags`` refuses them).
     """
     try:
-        rest = parse_flags(argv, flag_values)
+        parse_flags(argv, flag_values)
     except absl_flags.Error as e:
         raise ConfigError(flag_error_message(e)) from None
-    if len(rest) > 1:
-        raise ConfigError(f"unexpected argument(s) {rest[1:]}: every setting is a --flag "
-                          "(see --helpfull)")
     return to_run_config(flag_values)

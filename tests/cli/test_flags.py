@@ -15,6 +15,7 @@ import flags
 from metaseg.config import ModelConfig, RunConfig
 from metaseg.errors import ConfigError
 from metaseg.resources import ORIGINAL_FLAGS, resource_path
+from tests.cli.conftest import own_stderr_lines, subprocess_env
 from tests.conftest import time_limit
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -279,7 +280,10 @@ BAD = [
     (["--backbone_weights", "coco"], "--backbone_weights"),
     (["--uho_estimator", "RF"], "--uho_estimator"),
     (["--flagfile", "/nonexistent/run.flags"], "Unable to open flagfile"),
-    (["stray"], "unexpected argument(s) ['stray']"),
+    (["stray"], "unexpected argument 'stray': every setting is a --flag (see --helpfull)"),
+    (["--augment", "False"], "unexpected argument 'False': --augment is a switch and takes no "
+                             "value ('False' is not read); write --augment to turn it on, "
+                             "--noaugment to turn it off"),
 ]
 
 
@@ -329,3 +333,52 @@ def test_script_with_absl_app():
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
         "error: flag --meta-iters=abc: invalid literal for int() with base 10: 'abc'"]
+
+
+# --- stray words: refused by parse_flags itself, so every script using it refuses them ----
+
+@pytest.mark.parametrize("words, message", [
+    (["--augment", "False"], "unexpected argument 'False': --augment is a switch and takes no "
+                             "value ('False' is not read); write --augment to turn it on, "
+                             "--noaugment to turn it off"),
+    (["--no-augment", "true"], "unexpected argument 'true': --noaugment is a switch"),
+    (["--l2", "0", "--meta-iters", "3"], "write --l2 to turn it on, --nol2 to turn it off"),
+    (["--augment", "0.5"], "--augment is a switch and takes no value ('0.5' is not read)"),
+    (["--meta-iters", "3", "runs/x"], "unexpected argument 'runs/x': every setting is a "
+                                      "--flag (see --helpfull)"),
+    (["false", "x"], "unexpected arguments 'false', 'x': every setting is a --flag (see "
+                     "--helpfull); switches take no value: write --NAME to turn one on, "
+                     "--noNAME to turn it off (e.g. --noaugment)"),
+    (["--", "--augment"], "unexpected argument '--augment'"),
+])
+def test_parse_flags_refuses_stray_words(fv, words, message):
+    with pytest.raises(flags.argv.StrayArgumentError) as error:
+        flags.parse_flags(["prog", *words], fv)
+    assert message in str(error.value)
+
+
+def test_boolean_values_in_the_equals_form_still_work(fv):
+    assert flags.parse_flags(["prog", "--augment=false", "--l2=True"], fv) == ["prog"]
+    assert not fv["augment"].value and fv["l2"].value
+
+
+@pytest.mark.parametrize("command", [["run_metasegnet.py"], ["-m", "metaseg.joint_train"]])
+@pytest.mark.parametrize("words, message", [
+    (["--augment", "False"], "error: unexpected argument 'False': --augment is a switch and "
+                             "takes no value ('False' is not read); write --augment to turn it "
+                             "on, --noaugment to turn it off"),
+    (["quickstart"], "error: unexpected argument 'quickstart': every setting is a --flag (see "
+                     "--helpfull)"),
+])
+def test_scripts_refuse_stray_words_in_one_line(tmp_path, command, words, message):
+    """What a user types after the quickstart flagfile; exit 2, one line, nothing written."""
+    if command[0].endswith(".py"):
+        command = [str(REPO / command[0])]
+    flagfile = str(REPO / "flags" / "quickstart.flags")
+    result = subprocess.run([sys.executable, *command, "--flagfile", flagfile, *words],
+                            capture_output=True, text=True, cwd=tmp_path,
+                            env=subprocess_env(METASEG_CACHE=str(tmp_path / "cache")),
+                            timeout=time_limit(120))
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr[-2000:]
+    assert own_stderr_lines(result.stderr) == [message]
+    assert os.listdir(tmp_path) == []
