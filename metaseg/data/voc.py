@@ -103,17 +103,21 @@ def index_classes(voc_dir: str, ids: Sequence[str], options: VocOptions,
     return index
 
 
+def class_examples(voc_dir: str, class_index: int, ids: Sequence[str], options: VocOptions):
+    """(image uint8 [S, S, 3], binary mask uint8 [S, S] in {0, 255}, key: the id) for each id,
+    in order: the examples of one class's shard (and of the tfds builder ``pascal5i``)."""
+    for image_id in ids:
+        image = image_io.load_square_rgb(
+            os.path.join(voc_dir, IMAGE_DIR, image_id + ".jpg"), options.image_size)
+        _, labels = _labels(voc_dir, image_id, options.image_size)
+        yield image, folds.binary_mask(labels, class_index), image_id
+
+
 def write_class(voc_dir: str, path: str, class_index: int, ids: Sequence[str],
                 options: VocOptions) -> int:
-    """One shard: (image uint8 [S, S, 3], binary mask uint8 [S, S]) for each id."""
-    def pairs():
-        for image_id in ids:
-            image = image_io.load_square_rgb(
-                os.path.join(voc_dir, IMAGE_DIR, image_id + ".jpg"), options.image_size)
-            _, labels = _labels(voc_dir, image_id, options.image_size)
-            yield image, folds.binary_mask(labels, class_index), image_id  # key: the stem
-
-    return write_shard(path, pairs(), overwrite=options.overwrite)
+    """One shard: ``class_examples`` of ``ids``."""
+    return write_shard(path, class_examples(voc_dir, class_index, ids, options),
+                       overwrite=options.overwrite)
 
 
 def convert_split(voc_dir: str, output_dir: str, ids: Sequence[str], options: VocOptions,
