@@ -13,7 +13,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["metaseg", "metaseg.*", "flags", "data_tools"]),
     py_modules=["run_metasegnet"],
-    package_data={"metaseg.resources": ["*.txt", "*.tsv", "*.md"]},
+    package_data={"metaseg.resources": ["*.txt", "*.tsv", "*.md"],
+                  "metaseg.app": ["static/*"]},
     install_requires=[
         "tensorflow>=2.16,<2.22",
         "keras>=3.10",
@@ -24,10 +25,12 @@ setup(
         "scikit-learn",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "matplotlib", "keras-cv"],
+        "test": ["pytest>=8", "pytest-xdist", "matplotlib", "keras-cv", "scikit-image",
+                 "starlette>=0.40", "uvicorn>=0.30", "httpx", "selenium>=4.10"],
         "plot": ["matplotlib"],
         "kerascv": ["keras-cv"],
         "coco": ["pycocotools"],
+        "app": ["starlette>=0.40", "uvicorn>=0.30"],
     },
     entry_points={"console_scripts": ["metaseg=metaseg.__main__:main"]},
 )
