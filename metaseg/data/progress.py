@@ -29,5 +29,22 @@ class Progress:
         self.last, elapsed = now, now - self.start
         rate = self.done / max(elapsed, 1e-9)
         eta = (self.total - self.done) / max(rate, 1e-9)
-        logging.info("%s: %d/%d %s, %.1f %s/s, elapsed %.0f s, ETA %.0f s", self.what,
-                     self.done, self.total, self.unit, rate, self.unit, elapsed, eta)
+        logging.info("%s: %d/%d %s, %s %s/s, elapsed %s, ETA %s", self.what, self.done,
+                     self.total, self.unit, _rate(rate), self.unit, duration(elapsed),
+                     duration(eta))
+
+
+def _rate(per_second: float) -> str:
+    return f"{per_second:.1f}" if per_second >= 0.1 else f"{per_second:.3f}"
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``12 min 05 s`` or ``3 h 04 min``: readable for runs of hours."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"

@@ -28,12 +28,15 @@ from absl import logging
 from metaseg import distribute
 from metaseg.config import EvalConfig, InnerConfig
 from metaseg.data import episodes
+from metaseg.data.progress import Progress
 from metaseg.evaluation import metrics, predictions
 from metaseg.evaluation.fold_metrics import FoldMetrics
 from metaseg.meta import checkpoints
 from metaseg.meta.adapt import Adapter, AdaptState
 
 RESULTS_FILE = "meta-test_results.json"
+# Seconds between progress lines (tasks done, rate, ETA): on a terminal, and in a log file.
+PROGRESS_EVERY_TTY, PROGRESS_EVERY_LOG = 5.0, 30.0
 
 
 @dataclasses.dataclass
@@ -97,8 +100,10 @@ class Evaluator:
         fold = FoldMetrics([store.names[i] for i in all_tasks])
         scores: Dict[str, List[float]] = {}
         sample_means = []
-        progress = keras.utils.Progbar(num_samples * (len(all_tasks) if serial else 1),
-                                       verbose=1 if sys.stderr.isatty() else 0)
+        progress = Progress(num_samples * (len(all_tasks) if serial else 1),
+                            f"{label} evaluation", unit="tasks",
+                            every=PROGRESS_EVERY_TTY if sys.stderr.isatty() else
+                            PROGRESS_EVERY_LOG)
         for sample in range(num_samples):
             tasks = all_tasks if serial else [int(rng.choice(all_tasks))]
             sample_scores = []
@@ -109,7 +114,7 @@ class Evaluator:
                                          fold, probs)
                 scores.setdefault(name, []).append(score)
                 sample_scores.append(score)
-                progress.add(1)
+                progress.update()
             sample_means.append(float(np.nanmean(sample_scores)))
             logging.info("%s evaluation %d/%d: mean IoU %.4f", label, sample + 1, num_samples,
                          sample_means[-1])

@@ -88,6 +88,14 @@ def test_meta_train_then_evaluate_subprocess(trained):
     assert results["ci95"] == pytest.approx(1.96 * np.std(scores) / np.sqrt(len(scores)))
 
 
+def test_evaluation_reports_progress_per_task(trained):
+    """2 test classes x --eval-samples 2: the log says how far evaluation is, with an ETA."""
+    result, _, _ = trained
+    lines = [line for line in own_stderr_lines(result.stderr) if "test evaluation: " in line]
+    assert lines and "test evaluation: 4/4 tasks, " in lines[-1], result.stderr[-3000:]
+    assert "ETA" in lines[-1]
+
+
 # --- --pretrained on that checkpoint, in-process ---------------------------------------
 
 def test_pretrained_reproduces_the_trained_models_scores(trained, tmp_path):

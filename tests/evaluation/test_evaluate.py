@@ -3,7 +3,9 @@ prediction modes, repetitions, determinism, saved adapted checkpoints, predictio
 the results file and no retracing across tasks."""
 import dataclasses
 import json
+import logging
 import os
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from PIL import Image
 
 from metaseg.config import EvalConfig, InnerConfig
 from metaseg.data import episodes
+from metaseg.evaluation import evaluate
 from metaseg.evaluation.evaluate import RESULTS_FILE, EvalResults, Evaluator, write_results
 from metaseg.meta import checkpoints
 from tests.meta.conftest import tiny_logits_model, tiny_store
@@ -261,3 +264,30 @@ def test_fold_metrics_accumulate_every_query_image(store, serial, samples):
     assert results.fold_miou == pytest.approx(np.mean([inter[c] / union[c] for c in inter]))
     assert results.fb_iou == pytest.approx(np.mean(fb[:, 0] / fb[:, 1]))
     assert 0 < results.fold_miou < 1 and 0 < results.fb_iou < 1
+
+
+def _progress_lines(caplog, label="test"):
+    return [r.getMessage() for r in caplog.records
+            if r.getMessage().startswith(f"{label} evaluation: ")]
+
+
+def test_evaluation_of_several_tasks_reports_progress_with_an_eta(store, monkeypatch, caplog):
+    monkeypatch.setattr(evaluate, "PROGRESS_EVERY_LOG", 0.0)  # a line for every task
+    with caplog.at_level(logging.INFO):
+        make_evaluator().evaluate(store, num_samples=2, label="test")
+    lines = _progress_lines(caplog)
+    total = 2 * len(store)
+    assert [line.split(",")[0] for line in lines] == [
+        f"test evaluation: {k}/{total} tasks" for k in range(1, total + 1)]
+    assert all(", elapsed " in line and ", ETA " in line for line in lines), lines
+    assert lines[-1].endswith("ETA 0 s")
+
+
+def test_evaluation_progress_is_quiet_in_a_log_file(store, caplog):
+    """Not a terminal (pytest captures stderr): a line every 30 s, and the last one."""
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        make_evaluator().evaluate(store, num_samples=2, label="val")
+    lines = _progress_lines(caplog, "val")
+    assert lines[-1].startswith(f"val evaluation: {2 * len(store)}/{2 * len(store)} tasks")
+    assert len(lines) <= 1 + (time.monotonic() - start) // evaluate.PROGRESS_EVERY_LOG
