@@ -8,7 +8,9 @@ application's layers from ``stem_conv_pad`` up to the last block of stride 16, s
 - the application's own preprocessing (a ``Rescaling``/``Normalization`` pair that, with
   ``weights=None``, only divides by 255) is bypassed: EfficientLab normalises itself;
 - only the kept blocks' variables belong to the encoder (no dead top-of-network weights);
-- the encoder's input layer has a deterministic name.
+- the encoder's input layer has a deterministic name;
+- its batch norms are ``FusedBatchNormalization`` copies of the application's (same
+  config and weights), computed by TensorFlow's fused kernel.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import keras
 from absl import logging
 
 from metaseg.errors import ConfigError
+from metaseg.models.batch_norm import FusedBatchNormalization
 
 # --feature_extractor_name -> keras.applications constructor (looked up at build time).
 _APPLICATIONS = {"efficientnet-b0": "EfficientNetB0", "efficientnet-b3": "EfficientNetB3"}
@@ -65,6 +68,7 @@ def _rebuild(app, start_layer: str, new_input, output_names: List[str]) -> Dict[
     Walks the application's layers in topological order, re-calling each one whose
     inputs are available on the mapped tensors, and stops after the last requested
     output, so nothing beyond the cut is ever called (or owns a variable in our graph).
+    Stock batch norms are replaced by their fused copies (:func:`_fused_copy`).
     """
     tensors = {id(app.get_layer(start_layer).input): new_input}
     outputs, remaining = {}, set(output_names)
@@ -76,12 +80,26 @@ def _rebuild(app, start_layer: str, new_input, output_names: List[str]) -> Dict[
         if not flat or not all(id(t) in tensors for t in flat):
             continue  # the application's input and preprocessing layers
         mapped = keras.tree.map_structure(lambda t: tensors[id(t)], inputs)
-        tensors[id(layer.output)] = layer(mapped)
+        if type(layer) is keras.layers.BatchNormalization:  # pylint: disable=unidiomatic-typecheck
+            tensors[id(layer.output)] = _fused_copy(layer, mapped)
+        else:
+            tensors[id(layer.output)] = layer(mapped)
         if layer.name in remaining:
             outputs[layer.name] = tensors[id(layer.output)]
             remaining.discard(layer.name)
     if remaining:
         raise RuntimeError(f"encoder endpoints not reached: {sorted(remaining)}")
+    return outputs
+
+
+def _fused_copy(layer, inputs):
+    """Call a ``FusedBatchNormalization`` with ``layer``'s config and weights on inputs.
+
+    Same name, so the same variable paths (``stem_bn/gamma`` ...) in the same order.
+    """
+    fused = FusedBatchNormalization.from_config(layer.get_config())
+    outputs = fused(inputs)
+    fused.set_weights(layer.get_weights())
     return outputs
 
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 from keras import ops
 
 from metaseg.errors import ConfigError
+from metaseg.models.batch_norm import FusedBatchNormalization
 
 # ImageNet statistics in [0, 255] units, as the original subtracted and divided them.
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -95,17 +96,20 @@ class SpatialMeanTile(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="metaseg")
-class DecoderBatchNormalization(keras.layers.BatchNormalization):
+class DecoderBatchNormalization(FusedBatchNormalization):
     """Batch norm as the original decoder's fused TF1 layers computed it.
 
     Normalises with the biased batch variance but updates the moving variance with the
     unbiased one (n / (n - 1), n = N*H*W), which is what ``tf.nn.fused_batch_norm`` does;
     Keras's stock layer uses the biased variance for both. Momentum 0.99, epsilon 1e-3.
+    Computed by the fused kernel where ``FusedBatchNormalization`` can, else as below.
 
     ``always_batch_statistics=True`` reproduces the skip decoder's ``training=True``
     layers: batch statistics even at inference, while the moving averages still move
     only in training mode (the original ran those update ops with the train step only).
     """
+
+    unbiased_moving_variance = True
 
     def __init__(self, always_batch_statistics: bool = False, **kwargs):
         kwargs.setdefault("momentum", 0.99)
@@ -113,10 +117,12 @@ class DecoderBatchNormalization(keras.layers.BatchNormalization):
         super().__init__(**kwargs)
         self.always_batch_statistics = bool(always_batch_statistics)
 
-    def call(self, inputs, training=None, mask=None):
-        training = bool(training) and self.trainable
+    def _batch_statistics_at_inference(self) -> bool:
+        return self.always_batch_statistics
+
+    def _unfused_call(self, inputs, training, mask):
         if not (training or self.always_batch_statistics):
-            return super().call(inputs, training=False)
+            return super()._unfused_call(inputs, False, mask)
         # In float32 under a mixed policy, as Keras's own batch norm (its weights are float32).
         inputs = ops.cast(inputs, "float32")
         mean, variance = ops.moments(inputs, axes=self._reduction_axes)
