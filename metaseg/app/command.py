@@ -56,6 +56,9 @@ def resolve(workdir: str, images, init):
     if init is None:
         init = stored.get("init") or (wd.read_json(
             os.path.join(workdir, "model", "adaptation.json"), {}) or {}).get("initialisation")
+    if not os.path.isdir(images):
+        raise DataError(f"--images folder {os.path.abspath(images)} does not exist or is not a "
+                        "folder")
     return os.path.abspath(images), init
 
 
@@ -95,13 +98,13 @@ def run(args: argparse.Namespace) -> int:
                           "pip install 'metaseg[app]'") from None
     root = os.path.abspath(args.workdir)
     images, init = resolve(root, args.images, args.init)
+    host = args.host or DEFAULT_HOST
+    sock = listen(host, args.port)  # first: a port in use is the one line to print
     if init is not None:
         adaptation.open_initialisation(init)  # a bad --init ends here, in one line
     else:
         logging.warning("No --init given or stored: you can label images, but Adapt needs "
                         "an initialisation (restart with --init CHECKPOINT)")
-    host = args.host or DEFAULT_HOST
-    sock = listen(host, args.port)
     work = wd.WorkDir(root, images)
     work.prepare()
     wd.store_settings(root, {"images": images, "init": init})
@@ -114,5 +117,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"metaseg app: http://{shown}:{port}/ (work directory {root}, images {images}; "
           "Ctrl+C stops it)", flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its clean shutdown
+        pass
+    print("metaseg app: stopped", flush=True)
     return 0

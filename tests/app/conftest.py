@@ -62,3 +62,41 @@ def make_client(workdir, images, init):
     work.prepare()
     service = Service(work, None if init is None else str(init))
     return TestClient(create_app(service)), service
+
+
+def start_server(args, cwd, seconds=120):
+    """``python -m metaseg app ARGS`` in a subprocess -> (process, URL it printed)."""
+    import select  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    import time  # pylint: disable=import-outside-toplevel
+    from tests.cli.conftest import subprocess_env  # pylint: disable=import-outside-toplevel
+    from tests.conftest import time_limit  # pylint: disable=import-outside-toplevel
+    process = subprocess.Popen([sys.executable, "-m", "metaseg", "app", *map(str, args)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=cwd, env=subprocess_env())
+    deadline = time.time() + time_limit(seconds)
+    while time.time() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 1.0)
+        if ready:
+            line = process.stdout.readline()
+            if line.startswith("metaseg app: http"):
+                return process, line.split()[2]
+        if process.poll() is not None:
+            raise AssertionError(f"metaseg app exited {process.returncode}: "
+                                 f"{process.stderr.read()}")
+    process.kill()
+    raise AssertionError("metaseg app printed no URL")
+
+
+def stop_server(process):
+    """Ctrl+C, as a user stops it; returns the exit code."""
+    import signal  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    from tests.conftest import time_limit  # pylint: disable=import-outside-toplevel
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=time_limit(30))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise

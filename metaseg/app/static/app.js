@@ -466,6 +466,7 @@ function bindPainter() {
     pushUndo();
     painter.drawing = true;
     painter.dirty = true;
+    $("paint-status").textContent = `${painter.w}×${painter.h} · unsaved changes (S saves)`;
     painter.last = toImage(event);
     stamp(...painter.last);
     schedule();
