@@ -143,6 +143,8 @@ def test_paint_adapt_review_download_in_chromium(browser, init, tmp_path):
               "predicted overlays in the review")
         assert sorted(c.get_attribute("data-name") for c in find("#review-grid .card")) == \
             unlabelled
+        assert all("mask confidence" in c.text and "% foreground" in c.text
+                   for c in find("#review-grid .card"))
         driver.save_screenshot(str(shots / "app_review.png"))
 
         driver.find_element("id", "download-masks").click()

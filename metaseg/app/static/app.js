@@ -168,14 +168,15 @@ async function renderReview() {
   for (const row of rows) {
     const canvas = document.createElement("canvas");
     const score = row.score === null ? "no score" : `${row.score_kind} ${row.score.toFixed(3)}`;
-    const div = card(row.name, canvas, [badge(score, "predicted")]);
+    const area = badge("", "");
+    const div = card(row.name, canvas, [badge(score, "predicted"), area]);
     div.onclick = () => openPainter(row.name, names);
     grid.append(div);
-    drawOverlayCard(canvas, row.name).catch((error) => say(error.message, true));
+    drawOverlayCard(canvas, row.name, area).catch((error) => say(error.message, true));
   }
 }
 
-async function drawOverlayCard(canvas, name) {
+async function drawOverlayCard(canvas, name, area) {
   const [thumb, prediction] = await Promise.all([
     fetchBitmap(`/api/thumbnails/${enc(name)}`), fetchBitmap(`/api/predictions/${enc(name)}`)]);
   canvas.width = thumb.width;
@@ -183,15 +184,17 @@ async function drawOverlayCard(canvas, name) {
   const context = canvas.getContext("2d");
   context.drawImage(thumb, 0, 0);
   if (prediction) {
-    const layer = tinted(prediction, thumb.width, thumb.height);
+    const [layer, fraction] = tinted(prediction, thumb.width, thumb.height);
     context.globalAlpha = 0.5;
     context.drawImage(layer, 0, 0);
+    area.textContent = `${(100 * fraction).toFixed(fraction > 0 && fraction < 0.01 ? 1 : 0)} % foreground`;
     canvas.dataset.overlay = "loaded";
   }
 }
 
 function tinted(bitmap, w, h) {
-  // a w x h canvas: FOREGROUND where the mask bitmap is >= 128, transparent elsewhere
+  // [a w x h canvas: FOREGROUND where the mask bitmap is >= 128, transparent elsewhere,
+  //  the fraction of foreground pixels]
   const layer = document.createElement("canvas");
   layer.width = w;
   layer.height = h;
@@ -199,12 +202,14 @@ function tinted(bitmap, w, h) {
   context.imageSmoothingEnabled = false;
   context.drawImage(bitmap, 0, 0, w, h);
   const data = context.getImageData(0, 0, w, h);
+  let count = 0;
   for (let i = 0; i < data.data.length; i += 4) {
     const on = data.data[i] >= 128;
+    count += on;
     data.data.set(on ? [...FOREGROUND, 255] : [0, 0, 0, 0], i);
   }
   context.putImageData(data, 0, 0);
-  return layer;
+  return [layer, count / (w * h)];
 }
 
 // -- painter -----------------------------------------------------------------------------
