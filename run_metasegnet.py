@@ -10,13 +10,15 @@ Every flag of the original ``args.py`` works, in either spelling (``--meta-iters
 
 import dataclasses
 import os
+import shlex
+import sys
 
 from absl import app, logging
 from absl import flags as absl_flags
 
 import flags
 from flags import definitions
-from metaseg.errors import exit_on_error
+from metaseg.errors import Interrupted, exit_on_error
 from metaseg.quiet import import_tensorflow
 
 flags.define_flags()
@@ -26,9 +28,9 @@ absl_flags.adopt_module_key_flags(definitions)  # so --help lists them, not only
 def print_summary(result) -> None:
     """The result table: mean IoU and 95 % CI per initialisation evaluated, and the fold
     mIoU / FB-IoU of the PASCAL-5i / COCO-20i literature (accumulated over all query images)."""
-    rows = [("meta-learned" if result.random_init else "initialisation", result.test)]
+    rows = [(result.label, result.test)]
     if result.random_init is not None:
-        rows.append(("random (start of meta-training)", result.random_init))
+        rows.append((result.random_label, result.random_init))
     print("\n| initialisation | test tasks | mean IoU | 95 % CI | fold mIoU | FB-IoU |\n"
           "|---|---|---|---|---|---|")
     for name, res in rows:
@@ -52,7 +54,11 @@ def main(argv):
     import_tensorflow(verbose=logging.get_verbosity() > 0)
     from metaseg import pipeline  # pylint: disable=import-outside-toplevel
     config = with_environment(flags.to_run_config())
-    result = pipeline.run(config)
+    try:
+        result = pipeline.run(config)
+    except Interrupted as e:  # Ctrl-C: the same command line goes on from the last checkpoint
+        raise Interrupted(f"{e}; to go on, run the same command again: "
+                          f"python {shlex.join(sys.argv)}") from None
     print_summary(result)
     # Scripts grep this exact line (REFERENCE.md section 7).
     print(f"Mean IoU over all meta-test tasks: {result.test.mean_iou}", flush=True)

@@ -28,11 +28,18 @@ class CheckpointError(MetasegError):
     """A checkpoint that is missing, foreign or does not fit the model."""
 
 
+class Interrupted(MetasegError):
+    """Ctrl-C (SIGINT): the message says what was kept and how to go on."""
+
+    exit_code = 130  # the shell's convention for a process ended by SIGINT
+
+
 EXIT_USER_ERROR = 2
 
 
 def exit_on_error(main):
-    """Decorate a ``main(argv)``: turn a MetasegError into ``error: ...`` + exit 2."""
+    """Decorate a ``main(argv)``: turn a MetasegError into ``error: ...`` + exit 2 (130 for
+    ``Interrupted``)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -41,6 +48,6 @@ def exit_on_error(main):
         except MetasegError as e:
             message = " ".join(str(e).split())  # exactly one line
             print(f"error: {message}", file=sys.stderr, flush=True)
-            sys.exit(EXIT_USER_ERROR)
+            sys.exit(getattr(e, "exit_code", EXIT_USER_ERROR))
 
     return wrapper

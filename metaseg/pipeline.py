@@ -17,12 +17,13 @@ from absl import logging
 from metaseg import distribute
 from metaseg.config import QUERY_SIZE, RunConfig
 from metaseg.data import TaskStore, image_lists, list_tasks, make_splits, read_class_list
-from metaseg.errors import ConfigError, DataError
+from metaseg.data.tasks import list_tfds_tasks
+from metaseg.errors import ConfigError, DataError, Interrupted
 from metaseg.evaluation import kshot
 from metaseg.evaluation import uho
 from metaseg.evaluation.evaluate import EvalResults, Evaluator, write_results
 from metaseg.evaluation.kshot_report import KShotResults
-from metaseg.meta import checkpoints
+from metaseg.meta import checkpoints, run_directory, saving
 from metaseg.meta.trainer import MetaTrainer
 from metaseg.models import build_model, is_tf1_checkpoint, load_tf1_checkpoint
 
@@ -39,12 +40,16 @@ class RunResult:
     train: Optional[EvalResults] = None
     random_init: Optional[EvalResults] = None
     kshot: Optional[KShotResults] = None  # --run_k_shot_learning_curves_experiment
+    label: str = "meta-learned"  # what ``test`` evaluated (the result table's row name)
+    random_label: str = "random (start of meta-training)"
 
 
 def resolve_data_dir(config: RunConfig) -> str:
     """The shard directory: ``--data-dir``, or the embedded benchmark generated once."""
     if config.data.data_dir:
         return config.data.data_dir
+    if config.data.tfds_name:  # read by load_splits; the string names it in log lines
+        return config.data.dataset
     if config.data.dataset != "synthetic":
         raise ConfigError(f"no data: {QUICKSTART_HINT}")
     from metaseg.data.synthetic import ensure_benchmark  # pylint: disable=import-outside-toplevel
@@ -58,12 +63,15 @@ def load_splits(config: RunConfig, data_dir: str):
     """Train/val/test task lists (REFERENCE.md section 2)."""
     data = config.data
     test_file = data.test_tasks_file
-    if test_file is None and not data.fp_k_test_set:
-        default = os.path.join(data_dir, "test_classes.txt")  # the embedded benchmark's split
-        test_file = default if os.path.exists(default) else None
+    if data.tfds_name:  # default test classes: the dataset's test split
+        tasks, test_classes = list_tfds_tasks(data.tfds_name, data.tfds_data_dir)
+    else:
+        tasks, test_classes = list_tasks(data_dir), None
+        if test_file is None and not data.fp_k_test_set:
+            default = os.path.join(data_dir, "test_classes.txt")  # the embedded benchmark's
+            test_file = default if os.path.exists(default) else None
     return make_splits(
-        list_tasks(data_dir),
-        test_classes=read_class_list(test_file) if test_file else None,
+        tasks, test_classes=read_class_list(test_file) if test_file else test_classes,
         val_classes=read_class_list(data.val_tasks_file) if data.val_tasks_file else None,
         num_val_tasks=data.num_val_tasks, fp_k_test_set=data.fp_k_test_set)
 
@@ -104,15 +112,45 @@ def _store(tasks, config: RunConfig, min_examples: int, purpose: str = "",
 
 
 def run(config: RunConfig) -> RunResult:
-    """Meta-train and/or evaluate as the flags say; returns the headline results."""
+    """Meta-train and/or evaluate as the flags say; returns the headline results.
+
+    The ``--checkpoint`` directory is locked for the run (a second run into it is refused)
+    and removed again if the run fails before its first checkpoint. Ctrl-C ends in
+    ``Interrupted``, saying what was kept."""
     strategy = distribute.make_strategy(config.distribute)  # before any other TensorFlow work
     if distribute.is_distributed(strategy) and not config.pretrained:
         distribute.tasks_per_replica(config.meta.meta_batch, strategy)  # fail before loading
     _unsupported_on_several_workers(config, strategy)
-    data_dir = resolve_data_dir(config)
     _check_writable(config.checkpoint)
     if config.pretrained:  # fail before minutes of loading shards
         _check_restorable(config.checkpoint)
+    with run_directory.claimed(config.checkpoint, chief=distribute.is_chief(strategy)):
+        try:
+            return _run(config, strategy)
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted_message(config)) from None
+
+
+def interrupted_message(config: RunConfig) -> str:
+    """What Ctrl-C leaves: the newest checkpoint and what rerunning the command does."""
+    if config.pretrained:
+        return f"interrupted while evaluating --checkpoint {config.checkpoint}; nothing was written"
+    saved = saving.listed(config.checkpoint)
+    if not saved:
+        return (f"interrupted before the first checkpoint of {config.checkpoint} (one is "
+                f"written every --checkpoint_every {config.meta.checkpoint_every} "
+                "meta-iterations); nothing was kept, rerunning starts again")
+    newest, total = saved[-1], config.meta.meta_iters
+    if newest.iteration >= total:
+        return (f"interrupted after meta-training; the final checkpoint is {newest.prefix} "
+                f"(meta-iteration {newest.iteration} of {total}); rerunning evaluates it "
+                "without training again")
+    return (f"interrupted during meta-training; the last checkpoint is {newest.prefix} "
+            f"(meta-iteration {newest.iteration} of {total}); rerunning resumes from it")
+
+
+def _run(config: RunConfig, strategy) -> RunResult:
+    data_dir = resolve_data_dir(config)
     splits = load_splits(config, data_dir)
     eval_tasks = splits.val if config.eval.eval_val_tasks else splits.test
     needed = config.eval.shots + QUERY_SIZE
@@ -130,8 +168,11 @@ def run(config: RunConfig) -> RunResult:
     evaluator = Evaluator(model, config.inner, config.eval, run_config=dataclasses.asdict(config),
                           strategy=strategy)
     random_init = None
-    if config.eval.compare_random_init and not config.pretrained:
+    if config.eval.compare_random_init:  # the model as built, before training or restoring
         random_init = evaluator.evaluate(eval_store, label="random-init")
+    labels = dict(label="pretrained checkpoint",
+                  random_label=f"random (same architecture, --seed {config.seed})") \
+        if config.pretrained else {}
     if config.pretrained:
         restore(model, config.checkpoint,
                 skip_final_layer=config.do_not_restore_final_layer_weights)
@@ -162,7 +203,7 @@ def run(config: RunConfig) -> RunResult:
     if config.kshot.enabled:  # the curves replace the usual evaluation
         fpk_store = kshot.load_fpk_store(data_dir, config.data.image_size, splits.train)
         curves = kshot.KShotExperiment(evaluator.adapter, config).run(fpk_store)
-        return RunResult(test=curves.as_eval_results(), kshot=curves)
+        return RunResult(test=curves.as_eval_results(), kshot=curves, **labels)
     # --- end of k-shot block ---
 
     if config.fine_tune_task:
@@ -178,25 +219,24 @@ def run(config: RunConfig) -> RunResult:
     test_results = evaluator.evaluate(eval_store, label="test", save_dir=_save_dir(config))
     if distribute.is_chief(strategy):
         write_results(config.checkpoint, test_results)
-    return RunResult(test=test_results, train=train_results, random_init=random_init)
+    return RunResult(test=test_results, train=train_results, random_init=random_init,
+                     **labels)
 
 
 def _meta_train(config: RunConfig, model, train_store, eval_store, evaluator,
                 strategy=None) -> None:
-    periodic = {  # one random task each, as the original's periodic evaluation
-        "train": lambda m: {"IoU": evaluator.evaluate(train_store, num_samples=1, serial=False,
-                                                      label="train").mean_iou},
-        "test": lambda m: {"IoU": evaluator.evaluate(eval_store, num_samples=1, serial=False,
-                                                     label="test").mean_iou},
-    }
+    def one_random_task(store, label):  # as the original's periodic evaluation
+        return lambda m: {"IoU": evaluator.evaluate(store, num_samples=1, serial=False,
+                                                    label=label).mean_iou, "tasks": 1}
+
+    periodic = {"train": one_random_task(train_store, "train"),
+                "test": one_random_task(eval_store, "test")}
     trainer = MetaTrainer(model, train_store, meta=config.meta, inner=config.inner,
                           checkpoint_dir=config.checkpoint,
                           total_inner_steps=config.eval.eval_iters,
                           config=dataclasses.asdict(config), evaluators=periodic,
                           adapter=evaluator.adapter, strategy=strategy)
-    if config.continue_training_from_checkpoint:
-        trainer.restore(config.continue_training_from_checkpoint)
-    trainer.train()
+    trainer.train(resume_from=config.continue_training_from_checkpoint)
 
 
 def _unsupported_on_several_workers(config: RunConfig, strategy) -> None:
@@ -240,7 +280,7 @@ def _fine_tune_one(config: RunConfig, evaluator, train_store, eval_store) -> Run
                                          serial=True, save_dir=config.fine_tuned_checkpoint)
             logging.info("Fine-tuned %s: query IoU %.4f, saved under %s",
                          config.fine_tune_task, results.mean_iou, config.fine_tuned_checkpoint)
-            return RunResult(test=results)
+            return RunResult(test=results, label=f"fine-tuned on {config.fine_tune_task}")
     raise DataError(f"--fine-tune-task {config.fine_tune_task!r} is not a task in the data")
 
 

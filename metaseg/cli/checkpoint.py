@@ -78,23 +78,8 @@ def tf1_model_config(path: str) -> ModelConfig:
 
 
 def config_from_dict(raw: dict, where: str) -> RunConfig:
-    """A RunConfig from a stored config.json, ignoring (and logging) fields it does not know,
-    e.g. values a newer metaseg stored beside the run's settings."""
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    sections = RunConfig.sections()
-    kept, ignored = {}, []
-    for name, value in raw.items():
-        if name not in fields:
-            ignored.append(name)
-        elif name in sections and isinstance(value, dict):
-            known = {f.name for f in dataclasses.fields(sections[name])}
-            kept[name] = {k: v for k, v in value.items() if k in known}
-            ignored += [f"{name}.{k}" for k in value if k not in known]
-        else:
-            kept[name] = value
-    if ignored:
-        logging.info("%s: fields not used to rebuild the model: %s", where, ", ".join(ignored))
-    return RunConfig.from_json(json.dumps(kept))
+    """A RunConfig from a stored config.json (``checkpoints.run_config_from_dict``)."""
+    return checkpoints.run_config_from_dict(raw, where)
 
 
 def open_checkpoint(path: str, flag: str) -> Source:

@@ -17,6 +17,7 @@ Backbones (``--backbone``):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Callable
 
@@ -77,12 +78,13 @@ def _encoder_from_checkpoint(directory: str, encoder_name: str):
     from metaseg.models.tf1_checkpoint import is_tf1_checkpoint, load_tf1_checkpoint
 
     if checkpoints.is_metaseg_checkpoint(directory):
-        stored = (checkpoints.read_config(directory) or {}).get("model")
-        if not stored:
+        stored = checkpoints.read_run_config(directory)
+        if stored is None:
             raise CheckpointError(f"{directory} has no config.json describing its model; "
                                   "pass the directory meta-training wrote")
-        stored = dict(stored, backbone_weights=None, restore_efficient_net_weights_from=None)
-        model = build_model(ModelConfig(**stored))
+        # The checkpoint supplies every weight: never download or read backbone weights.
+        model = build_model(dataclasses.replace(stored.model, backbone_weights=None,
+                                                restore_efficient_net_weights_from=None))
         iteration = checkpoints.restore_weights(model, directory)
         logging.info("Features from the encoder of %s (iteration %d)",
                      checkpoints.latest(directory), iteration)

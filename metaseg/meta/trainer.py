@@ -28,8 +28,9 @@ from absl import logging
 from metaseg import distribute
 from metaseg.config import InnerConfig, MetaConfig
 from metaseg.data import episodes
-from metaseg.errors import MetasegError
-from metaseg.meta import checkpoints, weights
+from metaseg import checkpoint_reader
+from metaseg.errors import CheckpointError, MetasegError
+from metaseg.meta import checkpoints, saving, weights
 from metaseg.meta.adapt import Adapter, AdaptState
 from metaseg.meta.algorithms import annealed_meta_step, make_algorithm, outer_update
 from metaseg.meta.replicated import ReplicatedMetaStep
@@ -55,7 +56,8 @@ class MetaTrainer:
       total_inner_steps: the ``total`` of the cosine schedule (the eval inner iterations).
       config: the resolved run configuration (JSON-able dict) written beside checkpoints.
       evaluators: name -> callable(model) returning scalars (e.g. {"IoU": 0.6}); run every
-        ``meta.eval_interval`` iterations and logged under ``<checkpoint_dir>/<name>``.
+        ``meta.eval_interval`` iterations and logged under ``<checkpoint_dir>/<name>``. A
+        ``"tasks"`` entry (how many tasks were scored) is not a scalar: the log line says it.
       adapter: the compiled adaptation to use (e.g. the evaluator's, so it is traced once).
       strategy: a ``tf.distribute`` strategy the model was built under (None: one device).
     """
@@ -83,31 +85,44 @@ class MetaTrainer:
             self._replicated = ReplicatedMetaStep(
                 self.strategy, self.adapter, self.algorithm, self.state,
                 meta_batch=meta.meta_batch, reset_state_per_task=meta.reset_state_per_task)
-        self.manager = tf.train.CheckpointManager(
-            self.state.checkpoint, checkpoint_dir, max_to_keep=meta.keep_checkpoints,
-            checkpoint_name=checkpoints.CHECKPOINT_NAME)
+        self.saver = saving.Saver(self.state.checkpoint, checkpoint_dir, meta.keep_checkpoints)
         self._writers = {}
 
     # -- resume ------------------------------------------------------------------------------
-    def restore(self, directory: Optional[str] = None) -> int:
-        """Restore the newest checkpoint of ``directory`` (default: our own); its iteration."""
-        directory = directory or self.checkpoint_dir
-        prefix = checkpoints.latest(directory)
+    def restore(self, source: Optional[str] = None) -> int:
+        """Restore the newest checkpoint of our own directory or, when it holds none, of
+        ``source`` (``--continue_training_from_checkpoint``: a directory or one
+        ``model.ckpt-N`` prefix in it). Returns the restored iteration (0: nothing)."""
+        prefix, directory = checkpoints.latest(self.checkpoint_dir), self.checkpoint_dir
+        if prefix is None and source:
+            prefix, directory = checkpoints.resolve(source)
+            if prefix is None:
+                raise CheckpointError(
+                    f"--continue_training_from_checkpoint {source} holds no metaseg checkpoint; "
+                    "pass a directory meta-training wrote, or one of its model.ckpt-N")
+        elif prefix is not None and source:
+            logging.info("--checkpoint %s already holds this run's checkpoint %s: resuming "
+                         "from it, not from --continue_training_from_checkpoint %s",
+                         self.checkpoint_dir, prefix, source)
         if prefix is None:
             return 0
         stored = checkpoints.read_config(directory)
         if stored is not None and self.config:
             checkpoints.check_same_settings(directory, stored, self.config, RESUME_KEYS)
+        checkpoint_reader.read_tensors(prefix)  # a truncated checkpoint is one line
         self.state.checkpoint.restore(prefix).assert_existing_objects_matched()
         iteration = int(self.state.iteration.numpy())
         logging.info("Resumed meta-training from %s at iteration %d", prefix, iteration)
         return iteration
 
     # -- the loop ----------------------------------------------------------------------------
-    def train(self) -> int:
-        """Run meta-training to ``meta.meta_iters``; returns the final iteration."""
+    def train(self, resume_from: Optional[str] = None) -> int:
+        """Run meta-training to ``meta.meta_iters``, resuming from our own newest checkpoint
+        or else from ``resume_from`` (see ``restore``); returns the final iteration."""
         meta = self.meta
-        start = self.restore()
+        if self.is_chief:  # staging folders and .tmp files of a killed or failed run
+            saving.remove_stale(self.checkpoint_dir)
+        start = self.restore(resume_from)
         if start >= meta.meta_iters:
             logging.info("Checkpoint is already at iteration %d of %d; nothing to train",
                          start, meta.meta_iters)
@@ -116,6 +131,7 @@ class MetaTrainer:
             checkpoints.write_config(self.checkpoint_dir, self.config)
         stream = iter(self._episodes(start))
         progress = _Progress(meta.meta_iters, start)
+        losses = []  # since the last checkpoint: its loss, for rotation (saving.py)
         for iteration in range(start, meta.meta_iters):
             tic = time.perf_counter()
             epsilon = annealed_meta_step(iteration, meta.meta_iters, meta.meta_step,
@@ -129,10 +145,13 @@ class MetaTrainer:
             self._log_scalars("train", iteration + 1, {
                 "loss": loss, "meta_step_size": epsilon, "seconds_per_meta_iteration": seconds})
             done = iteration + 1
+            losses.append(float(loss))
             if done % meta.eval_interval == 0 or done == meta.meta_iters:
                 self._evaluate(done, epsilon)
-            if (done % meta.checkpoint_every == 0 or done == meta.meta_iters) and self.is_chief:
-                self.manager.save(checkpoint_number=done)
+            if done % meta.checkpoint_every == 0 or done == meta.meta_iters:
+                if self.is_chief:
+                    self.saver.save(done, sum(losses) / len(losses))
+                losses = []
             progress.update(done, loss)
         return meta.meta_iters
 
@@ -214,18 +233,21 @@ class MetaTrainer:
     def _non_finite(self, iteration: int, episode, tasks=None) -> None:
         where = (f"task {self.store.names[int(episode['task'])]!r}" if episode is not None
                  else f"one of the tasks {', '.join(tasks)}")
-        last = checkpoints.latest(self.checkpoint_dir) or "none yet"
         raise NonFiniteLossError(
-            f"non-finite loss at meta-iteration {iteration + 1} on {where}; nothing was "
-            f"saved; last good checkpoint: {last}; try a smaller --learning-rate or --meta-step")
+            f"non-finite loss at meta-iteration {iteration + 1} on {where}; nothing of it was "
+            f"saved; {_saved_summary(self.checkpoint_dir)}; try a smaller --learning-rate "
+            "or --meta-step")
 
     # -- logging -----------------------------------------------------------------------------
     def _evaluate(self, iteration: int, epsilon: float) -> None:
         results = {}
         for name, evaluate in self.evaluators.items():
             scalars = dict(evaluate(self.model))
+            tasks = scalars.pop("tasks", None)
             scalars["meta_step_size"] = epsilon
             self._log_scalars(name, iteration, scalars)
+            if tasks is not None:  # e.g. test(1 task)=0.41: one random task, not the test set
+                name = f"{name}({int(tasks)} task{'' if int(tasks) == 1 else 's'})"
             results[name] = scalars.get("IoU", float("nan"))
         if results:
             logging.info("batch %d: %s", iteration,
@@ -240,6 +262,21 @@ class MetaTrainer:
         with self._writers[name].as_default(step=step):
             for key, value in scalars.items():
                 tf.summary.scalar(key, float(value))
+
+
+def _saved_summary(directory: str) -> str:
+    """What is on disk to go back to, said plainly: the newest checkpoint and, when the
+    loss has risen since, the lowest-loss one rotation kept."""
+    saved = saving.listed(directory)
+    if not saved:
+        return f"no checkpoint was written to {directory} yet"
+    newest, best = saved[-1], saving.lowest_loss(saved)
+    text = f"newest checkpoint: {newest.describe()}"
+    if best is not None and best != newest:
+        text += (f"; lowest-loss checkpoint (kept out of rotation): {best.describe()}, to "
+                 f"continue from it pass --continue_training_from_checkpoint {best.prefix} "
+                 "with a new --checkpoint directory")
+    return text
 
 
 class _Progress:

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 import tensorflow as tf
 from absl import logging
 
+from metaseg import checkpoint_reader
 from metaseg.errors import CheckpointError, ConfigError
 from metaseg.models.efficientlab import EfficientLab
 from metaseg.models.tf1_names import ENCODER, FINAL, tf1_variables
@@ -76,11 +77,8 @@ def resolve_checkpoint_prefix(path: str) -> str:
 
 def read_checkpoint_shapes(prefix: str) -> Dict[str, List[int]]:
     """Variable name -> shape of every weight in the checkpoint (bookkeeping dropped)."""
-    try:
-        shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-    except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {prefix}: {e}")
-    return {n: list(s) for n, s in shapes.items() if not _is_ignored(n)}
+    shapes = checkpoint_reader.variable_shapes(prefix)
+    return {n: s for n, s in shapes.items() if not _is_ignored(n)}
 
 
 def is_tf1_checkpoint(path: str) -> bool:
@@ -175,8 +173,8 @@ def load_tf1_checkpoint(model, path: str, *, skip_final_layer: bool = False,
     unexpected = [] if encoder_only else sorted(n for n in shapes if n not in known)
     _check_names(prefix, list(wanted), shapes, unexpected)
     _check_shapes(prefix, wanted, shapes)
-    reader = tf.train.load_checkpoint(prefix)
+    values = checkpoint_reader.read_tensors(prefix)  # all read before any is assigned
     for name, variable in wanted.items():
-        variable.assign(reader.get_tensor(name))
+        variable.assign(values[name])
     logging.info("Restored %d variables from TF1 checkpoint %s", len(wanted), prefix)
     return len(wanted)
