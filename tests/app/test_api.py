@@ -283,8 +283,13 @@ def test_cancel_keeps_the_previous_state_and_two_requests_at_once(scenes, init, 
     assert not (work / "model").exists() and not (work / "masks").exists()
     assert client.get("/api/predictions/c.jpg").status_code == 404
     assert client.delete(f"/api/jobs/{job_id}").status_code == 409
-    # the next request is accepted once the cancelled one ended
+    # the next request is accepted once the cancelled one ended; quality scores of older
+    # predictions do not outlive them
+    (work / "scores.csv").write_text("file,estimated_iou,low,high\nc.jpg,0.9,0.8,1.0\n")
+    assert client.get("/api/review").json() == []  # nothing predicted yet
     response = client.post("/api/adapt", json={"steps": 1})
     assert response.status_code == 202
     assert wait(client, response.json()["job"])["state"] == "done"
     assert client.get("/api/predictions/c.jpg").status_code == 200
+    assert not (work / "scores.csv").exists()
+    assert {r["score_kind"] for r in client.get("/api/review").json()} == {"mask confidence"}
