@@ -22,9 +22,10 @@ from metaseg.app import review
 from metaseg.app.jobs import Job
 from metaseg.app.workdir import APP, CONFIDENCE_FILE, MASKS, OVERLAYS, WorkDir, stem, \
     write_json
-from metaseg.cli import folders
+from metaseg.cli import adapt as cli_adapt, checkpoint, folders, segment
 from metaseg.cli.checkpoint import ADAPTED_SUBDIR
 from metaseg.errors import ConfigError, DataError
+from metaseg.evaluation.predictions import overlay
 
 SCORES_FILE = review.SCORES_FILE
 
@@ -63,7 +64,6 @@ class AdaptRequest:
 
 def open_initialisation(init: Optional[str]):
     """(checkpoint Source, defaults {steps, learning_rate, hyperparameters_from, image_size})."""
-    from metaseg.cli import adapt as cli_adapt, checkpoint  # pylint: disable=import-outside-toplevel
     if not init:
         raise ConfigError("no initialisation to adapt: restart the app with --init CHECKPOINT")
     source = checkpoint.open_checkpoint(init, "--init")
@@ -76,7 +76,6 @@ def open_initialisation(init: Optional[str]):
 def run(workdir: WorkDir, init: str, request: AdaptRequest, job: Job, model_lock) -> dict:
     """The job's work (see the module docstring); returns a summary for the job's JSON.
     ``model_lock`` is held while the results are moved into place."""
-    from metaseg.cli import adapt as cli_adapt, checkpoint  # pylint: disable=import-outside-toplevel
     source, defaults = open_initialisation(init)
     size = defaults["image_size"]
     steps, rate, origin = cli_adapt.hyperparameters(source, request.steps, request.learning_rate)
@@ -119,9 +118,6 @@ def run(workdir: WorkDir, init: str, request: AdaptRequest, job: Job, model_lock
 def _predict(workdir: WorkDir, model, size: int, scratch: str, job: Job) -> list:
     """Masks, overlays and confidences of every unlabelled image into ``scratch``, with the
     ops of ``metaseg predict``; returns [{name, reason}] of images that could not be read."""
-    # pylint: disable=import-outside-toplevel
-    from metaseg.cli import segment
-    from metaseg.evaluation.predictions import overlay
     names, _ = workdir.listing()
     labelled = workdir.labelled()
     queries = [n for n in names if n not in labelled]
@@ -133,7 +129,7 @@ def _predict(workdir: WorkDir, model, size: int, scratch: str, job: Job) -> list
     for i, name in enumerate(queries):
         job.check_cancelled()
         try:
-            image = folders.decode_image(workdir.image_path(name))
+            image = folders.decode_image(os.path.join(workdir.images, name))  # listed above
         except DataError as e:
             skipped.append({"name": name, "reason": str(e)})
             continue

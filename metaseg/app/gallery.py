@@ -32,14 +32,17 @@ class Gallery:
         self._folder = workdir.path(APP, "thumbnails")
         self._index_path = os.path.join(self._folder, INDEX_FILE)
         self._index: Dict[str, dict] = read_json(self._index_path, {})
+        self._changed = False
         self._lock = threading.Lock()
 
     def thumbnail_path(self, name: str) -> str:
         return os.path.join(self._folder, stem(name) + ".jpg")
 
-    def info(self, name: str) -> dict:
-        """{"width", "height", "error"} of image ``name`` (error None if it decodes)."""
-        path = self.workdir.image_path(name)
+    def info(self, name: str, path: Optional[str] = None) -> dict:
+        """{"width", "height", "error"} of image ``name`` (error None if it decodes).
+        ``path``: its file, when the caller has it from ``WorkDir.listing`` (else looked up,
+        which refuses names outside the folder). Call :meth:`save` after a batch of calls."""
+        path = path or self.workdir.image_path(name)
         stat = os.stat(path)
         key = [stat.st_size, stat.st_mtime_ns]
         with self._lock:
@@ -50,8 +53,15 @@ class Gallery:
         entry = {"key": key, **self._make_thumbnail(name, path)}
         with self._lock:
             self._index[name] = entry
-            write_json(self._index_path, self._index)
+            self._changed = True
         return entry
+
+    def save(self) -> None:
+        """Write the index if :meth:`info` added to it."""
+        with self._lock:
+            if self._changed:
+                write_json(self._index_path, self._index)
+                self._changed = False
 
     def _make_thumbnail(self, name: str, path: str) -> dict:
         try:
@@ -68,6 +78,7 @@ class Gallery:
     def size(self, name: str) -> Optional[tuple]:
         """(height, width) of a decodable image; DataError naming the file otherwise."""
         entry = self.info(name)
+        self.save()
         if entry["error"]:
             raise DataError(entry["error"])
         return entry["height"], entry["width"]

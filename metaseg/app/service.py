@@ -54,7 +54,10 @@ class Service:
     def image_names(self) -> list:
         """The images of the folder that decode (the others are the gallery's problems)."""
         names, _ = self.workdir.listing()
-        return [n for n in names if not self.gallery.info(n)["error"]]
+        usable = [n for n in names
+                  if not self.gallery.info(n, os.path.join(self.workdir.images, n))["error"]]
+        self.gallery.save()
+        return usable
 
     def overview(self) -> dict:
         """Everything the page shows: images with their state, problems, model, job."""
@@ -63,7 +66,7 @@ class Service:
         confidence = self.workdir.confidence()
         images = []
         for name in names:
-            info = self.gallery.info(name)
+            info = self.gallery.info(name, os.path.join(self.workdir.images, name))
             if info["error"]:
                 problems.append({"name": name, "reason": info["error"]})
                 continue
@@ -71,6 +74,7 @@ class Service:
                            "labelled": name in labelled,
                            "predicted": os.path.exists(self.workdir.prediction_path(name)),
                            "confidence": confidence.get(name)})
+        self.gallery.save()
         record = self.workdir.adaptation()
         active = self.jobs.active()
         return {"images": images, "problems": sorted(problems, key=lambda p: p["name"]),

@@ -78,7 +78,8 @@ def until(condition, seconds, what):
 
 def paint(driver, name):
     """Horizontal strokes filling an ellipse in the middle of the open image."""
-    from selenium.webdriver.common.action_chains import ActionChains  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from selenium.webdriver.common.action_chains import ActionChains
     canvas = driver.find_element("id", "paint")
     until(lambda: name in driver.find_element("id", "paint-name").text
           and canvas.get_attribute("data-source"), 60, f"the painter to open {name}")
