@@ -75,3 +75,17 @@ def test_bad_startup_is_one_error_line(case, init, tmp_path):
     assert result.returncode == 2
     lines = own_stderr_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+def test_the_output_of_metaseg_adapt_names_the_initialisation(tmp_path):
+    """``metaseg app --workdir OUT --images DIR`` on an adapt output: its adaptation.json says
+    which initialisation to adapt again; flags and stored settings come first."""
+    from metaseg.app import command, workdir  # pylint: disable=import-outside-toplevel
+    images = write_scenes(tmp_path / "images")
+    out = tmp_path / "out"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "adaptation.json").write_text(json.dumps({"initialisation": "/runs/q"}))
+    assert command.resolve(str(out), str(images), None) == (str(images), "/runs/q")
+    assert command.resolve(str(out), str(images), "/other") == (str(images), "/other")
+    workdir.store_settings(str(out), {"images": str(images), "init": "/stored"})
+    assert command.resolve(str(out), None, None) == (str(images), "/stored")
