@@ -4,15 +4,19 @@
         --tfrecord_dir fewshot_shards [--overwrite] [--image_size 224] [--num_workers N] \
         [--image_list FILE]
 
-Layout ``DIR/<class>/<n>.jpg`` + ``<n>.png`` (REFERENCE.md section 1); the mask is the
-first channel of the PNG. Classes are converted in parallel, each shard written to a
+Layout ``DIR/<class>/<n>.jpg`` + ``<n>.png`` (REFERENCE.md section 1). Masks are read by
+``metaseg.data.image_io.read_mask``, the rules every tool shares (0/1 label maps, grey levels
+thresholded at 128, the first channel of a colour mask as the original, alpha-only masks;
+each such mask is listed at the end; a mask that would lose its object is skipped), images
+upright by their EXIF orientation. Classes are converted in parallel, each shard written to a
 temporary name and renamed when complete, so a shard is only ever complete or absent.
 
 Departures from the original converter, all deliberate:
 - images of another size are resized (bilinear image, nearest mask) and counted, not
   dropped; ``--strict_size`` restores skipping them;
 - bad input is skipped with its reason and listed at the end, and the exit code is 2 if
-  anything was skipped (unless ``--allow_skips``); non-binary masks are thresholded at 128;
+  anything was skipped (unless ``--allow_skips``); non-binary masks are thresholded at 128
+  (the original stored them as they were) and images are turned upright by EXIF;
 - existing shards are kept without ``--overwrite`` (so an interrupted run can resume);
 - the per-class shuffle is seeded (``--seed``), so conversions are reproducible;
 - ``--image_list FILE`` converts only the listed images (keys ``<class>/<n>``, as
@@ -31,8 +35,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import app, flags, logging
-from PIL import Image
 
+from metaseg.data import image_io
 from metaseg.data.image_lists import ImageList
 from metaseg.data.shards import SHARD_SUFFIX, resize_examples, write_shard
 from metaseg.errors import DataError, exit_on_error
@@ -62,7 +66,7 @@ class ClassReport:
     status: str  # "written", "exists" (kept, no --overwrite), "skipped" or "unlisted"
     written: int = 0
     resized: int = 0
-    thresholded: List[Tuple[str, int]] = dataclasses.field(default_factory=list)
+    notes: List[Tuple[str, str]] = dataclasses.field(default_factory=list)  # (mask, how read)
     skipped: List[Skip] = dataclasses.field(default_factory=list)
 
 
@@ -115,39 +119,22 @@ def find_pairs(class_dir: str, image_list: Optional[ImageList] = None
     return pairs, skipped
 
 
-def _open(path: str) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            im.load()  # decode now: a truncated file fails here, not later
-            return im.copy()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise SkipPair(path, f"corrupt or truncated JPEG/PNG: {' '.join(str(e).split())}")
-
-
-def _mask_array(path: str, im: Image.Image) -> np.ndarray:
-    """uint8 [H, W]: the first channel, as the original read it (palette expanded first)."""
-    if im.mode == "P":
-        im = im.convert("RGB")
-    elif im.mode == "1":
-        im = im.convert("L")
-    mask = np.asarray(im)
-    if mask.dtype != np.uint8:
-        raise SkipPair(path, f"unsupported mask mode {im.mode} (need an 8-bit PNG)")
-    return mask[..., 0] if mask.ndim == 3 else mask
-
-
 def load_pair(image_path: str, mask_path: str,
-              options: ConvertOptions) -> Tuple[np.ndarray, np.ndarray, bool, int]:
-    """Decode and check one pair.
+              options: ConvertOptions) -> Tuple[np.ndarray, np.ndarray, bool, Optional[str]]:
+    """Decode and check one pair (``image_io.read_mask``'s rules for the mask).
 
     Returns:
         image uint8 [S, S, 3], mask uint8 [S, S] in {0, 255} (S = options.image_size),
-        whether it was resized, and how many mask pixels were thresholded.
+        whether it was resized, and a note on how the mask was read (None if plain 0/255).
     Raises:
         SkipPair(file, reason) for a bad pair.
     """
-    image = np.asarray(_open(image_path).convert("RGB"))
-    mask = _mask_array(mask_path, _open(mask_path))
+    try:
+        mask, note = image_io.read_mask(mask_path)
+        # The mask's size is the annotation's: it decides whether EXIF rotation applies.
+        image = np.asarray(image_io.open_image(image_path, mask.shape[::-1]).convert("RGB"))
+    except image_io.UnreadableImage as e:
+        raise SkipPair(*e.args) from None
     height, width = image.shape[:2]
     if height != width:
         raise SkipPair(image_path, f"non-square image {width}x{height}")
@@ -158,13 +145,16 @@ def load_pair(image_path: str, mask_path: str,
     if options.strict_size and height != size:
         raise SkipPair(image_path, f"image is {width}x{height} px, not {size}x{size} "
                                    "(--strict_size)")
-    changed = int(np.count_nonzero((mask != 0) & (mask != 255)))
-    if changed:
-        mask = np.where(mask >= 128, 255, 0).astype(np.uint8)
     if height != size:
         images, masks = resize_examples(image[None], mask[None], size)
+        try:
+            image_io.check_mask_survives(mask, masks[0], mask_path)
+        except image_io.InvalidMask as e:
+            raise SkipPair(*e.args) from None
         image, mask = images[0], masks[0]
-    return image, mask, height != size, changed
+    if not mask.any():
+        note = "empty mask (no foreground pixel); kept as an all-background example"
+    return image, mask, height != size, note
 
 
 def _class_seed(seed: int, name: str) -> np.random.Generator:
@@ -189,7 +179,7 @@ def read_class(class_dir: str, options: ConvertOptions
     examples = []
     for image_path, mask_path in pairs:
         try:
-            image, mask, resized, changed = load_pair(image_path, mask_path, options)
+            image, mask, resized, note = load_pair(image_path, mask_path, options)
         except SkipPair as e:
             report.skipped.append(e.args)
             continue
@@ -197,8 +187,8 @@ def read_class(class_dir: str, options: ConvertOptions
         stem = os.path.splitext(os.path.basename(image_path))[0]
         examples.append((image, mask, f"{name}/{stem}"))
         report.resized += int(resized)
-        if changed:
-            report.thresholded.append((mask_path, changed))
+        if note:
+            report.notes.append((mask_path, note))
     if not examples:
         why = "no image/mask pairs" if not pairs else "no valid image/mask pair"
         report.skipped.append((class_dir, f"{why} in class folder; no shard written"))
@@ -273,11 +263,10 @@ def summarize(reports: Sequence[ClassReport], output_dir: str, seconds: float) -
     resized = sum(r.resized for r in reports)
     if resized:
         lines.append(f"Resized {resized} images to the requested size.")
-    thresholded = [t for r in reports for t in r.thresholded]
-    if thresholded:
-        lines.append(f"Thresholded {sum(n for _, n in thresholded)} mask pixels at 128 "
-                     f"(values other than 0/255) in {len(thresholded)} masks:")
-        lines += [f"  {path}: {n} pixels" for path, n in thresholded]
+    notes = [n for r in reports for n in r.notes]
+    if notes:
+        lines.append(f"Read {len(notes)} masks that are not plain 0/255 (kept, as noted):")
+        lines += [f"  {path}: {note}" for path, note in notes]
     unlisted = sum(r.status == "unlisted" for r in reports)
     if unlisted:
         lines.append(f"{unlisted} classes have no image in --image_list; no shard for them.")

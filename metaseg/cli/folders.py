@@ -2,11 +2,12 @@
 
 Support folders come in two layouts: flat, with ``x.jpg`` (any non-PNG image format) beside
 its mask ``x.png``; or ``images/`` and ``masks/`` subfolders whose files pair by name stem
-(any image format in either). Masks must hold only 0 (background) and 255 (foreground): a
-mask with other values is refused, naming the file and the count, rather than guessed at
-(a 0/1 label map would silently become all background if thresholded at 128). A mask of
-another size than its image is resized (nearest neighbour, with a warning) only when the
-aspect ratios agree to 1 %. Images are read upright (EXIF orientation applied) as RGB.
+(any image format in either). Masks are read by ``metaseg.data.image_io.read_mask``, the
+rules every tool shares (0/255; 0/1 label maps, grey levels thresholded at 128, colour and
+alpha-only masks with a warning naming the file; refused, naming it, when the object would be
+lost). A mask of another size than its image is resized (nearest neighbour, with a warning)
+only when the aspect ratios agree to 1 %. Images are read upright (EXIF orientation applied,
+unless only the unrotated image matches its mask's size) as RGB.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import List, Tuple
 
 import numpy as np
 from absl import logging
-from PIL import Image, ImageOps
+from PIL import Image
 
-from metaseg.data import mask_to_two_channel, resize_examples
+from metaseg.data import image_io, mask_to_two_channel, resize_examples
 from metaseg.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -37,23 +38,27 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def _open(path: str, mode: str) -> np.ndarray:
+def decode_image(path: str, annotated_size=None) -> np.ndarray:
+    """uint8 [H, W, 3] RGB, upright (``image_io.open_image``; ``annotated_size`` (w, h) of
+    its mask, if any); DataError naming the file if it cannot be decoded."""
     try:
-        with Image.open(path) as img:
-            return np.asarray(ImageOps.exif_transpose(img).convert(mode))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise DataError(f"cannot decode image {path}: {reason}") from None
-
-
-def decode_image(path: str) -> np.ndarray:
-    """uint8 [H, W, 3] RGB; DataError naming the file if it cannot be decoded."""
-    return _open(path, "RGB")
+        return np.asarray(image_io.open_image(path, annotated_size).convert("RGB"))
+    except image_io.UnreadableImage as e:
+        raise DataError(f"cannot decode image {path}: {e.args[1]}") from None
 
 
 def decode_mask(path: str) -> np.ndarray:
-    """uint8 [H, W] grey levels (palette and 1-bit masks become 0/255)."""
-    return _open(path, "L")
+    """uint8 [H, W] in {0, 255} by ``image_io.read_mask`` (how it was read, if not plain
+    0/255, is logged as a warning); DataError naming the file if it holds no usable mask."""
+    try:
+        mask, note = image_io.read_mask(path)
+    except image_io.InvalidMask as e:
+        raise DataError(f"mask {e}") from None
+    except image_io.UnreadableImage as e:
+        raise DataError(f"cannot decode image {path}: {e.args[1]}") from None
+    if note:
+        logging.warning("Support mask %s: %s", path, note)
+    return mask
 
 
 def image_files(directory: str, what: str) -> List[str]:
@@ -139,9 +144,14 @@ def read_support(pairs, image_size: int):
     """
     images, masks = [], []
     for image_path, mask_path in pairs:
-        image = decode_image(image_path)
-        mask = check_mask(decode_mask(mask_path), image.shape[:2], mask_path)
+        mask = decode_mask(mask_path)
+        image = decode_image(image_path, mask.shape[::-1])
+        mask = check_mask(mask, image.shape[:2], mask_path)
         small_image, small_mask = resize_examples(image[None], mask[None], image_size)
+        try:
+            image_io.check_mask_survives(mask, small_mask[0], mask_path)
+        except image_io.InvalidMask as e:
+            raise DataError(f"mask {e}") from None
         images.append(small_image[0])
         masks.append(small_mask[0])
         if not mask.any():

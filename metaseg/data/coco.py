@@ -135,7 +135,9 @@ def _pairs(split: CocoSplit, image_dir: str, class_index: int, ids: Sequence[int
             (size, size), Image.NEAREST))
         if mask.any():
             written.append(image_id)
-            yield (image_io.load_square_rgb(os.path.join(image_dir, info["file_name"]), size),
+            # The annotation's size decides whether the EXIF orientation applies.
+            yield (image_io.load_square_rgb(os.path.join(image_dir, info["file_name"]), size,
+                                            (width, height)),
                    mask, image_key(info["file_name"]))  # key: the file stem
 
 

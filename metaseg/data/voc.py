@@ -107,9 +107,10 @@ def class_examples(voc_dir: str, class_index: int, ids: Sequence[str], options: 
     """(image uint8 [S, S, 3], binary mask uint8 [S, S] in {0, 255}, key: the id) for each id,
     in order: the examples of one class's shard (and of the tfds builder ``pascal5i``)."""
     for image_id in ids:
-        image = image_io.load_square_rgb(
-            os.path.join(voc_dir, IMAGE_DIR, image_id + ".jpg"), options.image_size)
-        _, labels = _labels(voc_dir, image_id, options.image_size)
+        full, labels = _labels(voc_dir, image_id, options.image_size)
+        # The label map's size decides whether the image's EXIF orientation applies.
+        image = image_io.load_square_rgb(os.path.join(voc_dir, IMAGE_DIR, image_id + ".jpg"),
+                                         options.image_size, full.shape[::-1])
         yield image, folds.binary_mask(labels, class_index), image_id
 
 

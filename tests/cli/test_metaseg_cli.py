@@ -266,9 +266,10 @@ def _mask_other_aspect(support):
     Image.fromarray(np.zeros((30, 30), np.uint8)).save(support / "a.png")
 
 
-def _mask_not_binary(support):
-    mask = read_png(support / "c.png").copy()
-    mask[:2, :3] = 128
+def _mask_label_map(support):
+    """A label map of two classes (0/1/2): thresholding would empty it, so it is refused."""
+    mask = (read_png(support / "c.png") > 0).astype(np.uint8) * 2
+    mask[:2, :3] = 1
     Image.fromarray(mask).save(support / "c.png")
 
 
@@ -283,7 +284,8 @@ def _support_image_undecodable(support):
 BAD_SUPPORT = {
     "mask of another aspect ratio": (_mask_other_aspect, ["a.png", "30x30", "80x60",
                                                           "different aspect ratio"]),
-    "mask not binary": (_mask_not_binary, ["c.png", "not binary", "6 of 4096", "128"]),
+    "mask label map of two classes": (_mask_label_map, ["c.png", "not a 0/255 mask",
+                                                         "non-zero values: 1, 2"]),
     "image without mask": (_image_without_mask, ["images without a mask: c"]),
     "support image undecodable": (_support_image_undecodable, ["cannot decode", "a.jpg"]),
 }

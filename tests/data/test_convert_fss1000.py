@@ -79,7 +79,9 @@ def test_mask_is_the_first_png_channel(tmp_path):
     rgb_mask = np.stack([_mask(0), np.full((SIZE, SIZE), 77, np.uint8), _mask(1)], -1)
     _write_pair(tmp_path / "in" / "cat", 0, mask=rgb_mask)
     report = convert.convert_class(str(tmp_path / "in" / "cat"), str(tmp_path), OPTIONS)
-    assert report.written == 1 and report.thresholded == []
+    assert report.written == 1
+    assert report.notes == [(str(tmp_path / "in" / "cat" / "0.png"),
+                             "read the red channel of a colour mask")]
     np.testing.assert_array_equal(read_shard(tmp_path / "cat.tfrecord.gzip")[1][0], _mask(0))
 
 
@@ -102,7 +104,7 @@ def _truncated_jpeg(class_dir):
                                                                        dtype=np.uint8))
     data = (class_dir / "5.jpg").read_bytes()
     (class_dir / "5.jpg").write_bytes(data[:len(data) // 2])
-    return str(class_dir / "5.jpg"), "corrupt or truncated JPEG/PNG: image file is truncated"
+    return str(class_dir / "5.jpg"), "corrupt or truncated image: image file is truncated"
 
 
 def _truncated_png(class_dir):
@@ -110,13 +112,13 @@ def _truncated_png(class_dir):
     _write_pair(class_dir, 5, mask=noise)
     data = (class_dir / "5.png").read_bytes()
     (class_dir / "5.png").write_bytes(data[:len(data) // 2])
-    return str(class_dir / "5.png"), "corrupt or truncated JPEG/PNG: image file is truncated"
+    return str(class_dir / "5.png"), "corrupt or truncated image: image file is truncated"
 
 
 def _not_an_image(class_dir):
     _write_pair(class_dir, 5)
     (class_dir / "5.png").write_text("<html>a download error page</html>")
-    return str(class_dir / "5.png"), "corrupt or truncated JPEG/PNG: cannot identify image file"
+    return str(class_dir / "5.png"), "corrupt or truncated image: cannot identify image file"
 
 
 def _mask_without_image(class_dir):
@@ -158,12 +160,13 @@ def test_non_binary_masks_are_thresholded_and_counted(tmp_path):
     mask[0, :5] = [1, 127, 128, 200, 254]  # 3 become 255, 2 become 0
     _write_pair(tmp_path / "in" / "cat", 0, mask=mask)
     report = convert.convert_class(str(tmp_path / "in" / "cat"), str(tmp_path), OPTIONS)
-    assert report.thresholded == [(str(tmp_path / "in" / "cat" / "0.png"), 5)]
+    assert report.notes == [(str(tmp_path / "in" / "cat" / "0.png"), "5 pixels with values "
+                             "other than 0/255 thresholded at 128 (grey)")]
     stored = read_shard(tmp_path / "cat.tfrecord.gzip")[1][0]
     assert stored[0, :5].tolist() == [0, 0, 255, 255, 255]
     np.testing.assert_array_equal(stored[1:], _mask(0)[1:])
     text = convert.summarize([report], str(tmp_path), 1.0)
-    assert "Thresholded 5 mask pixels at 128 (values other than 0/255) in 1 masks:" in text
+    assert "Read 1 masks that are not plain 0/255 (kept, as noted):" in text
 
 
 def test_class_without_valid_pairs_writes_no_shard(tmp_path):
