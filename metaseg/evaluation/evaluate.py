@@ -100,10 +100,10 @@ class Evaluator:
         fold = FoldMetrics([store.names[i] for i in all_tasks])
         scores: Dict[str, List[float]] = {}
         sample_means = []
-        progress = Progress(num_samples * (len(all_tasks) if serial else 1),
-                            f"{label} evaluation", unit="tasks",
+        total = num_samples * (len(all_tasks) if serial else 1)
+        progress = Progress(total, f"{label} evaluation", unit="tasks",
                             every=PROGRESS_EVERY_TTY if sys.stderr.isatty() else
-                            PROGRESS_EVERY_LOG)
+                            PROGRESS_EVERY_LOG) if total > 1 else None  # not for one task
         for sample in range(num_samples):
             tasks = all_tasks if serial else [int(rng.choice(all_tasks))]
             sample_scores = []
@@ -114,7 +114,8 @@ class Evaluator:
                                          fold, probs)
                 scores.setdefault(name, []).append(score)
                 sample_scores.append(score)
-                progress.update()
+                if progress is not None:
+                    progress.update()
             sample_means.append(float(np.nanmean(sample_scores)))
             logging.info("%s evaluation %d/%d: mean IoU %.4f", label, sample + 1, num_samples,
                          sample_means[-1])

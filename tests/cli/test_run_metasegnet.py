@@ -96,6 +96,16 @@ def test_evaluation_reports_progress_per_task(trained):
     assert "ETA" in lines[-1]
 
 
+def test_periodic_evaluation_line_says_it_is_one_random_task(trained):
+    result, _, _ = trained
+    lines = [line for line in own_stderr_lines(result.stderr) if re.search(r"\bbatch \d+: ", line)]
+    assert lines, result.stderr[-3000:]
+    assert re.search(r"batch 2: train\(1 task\)=\d\.\d{4} test\(1 task\)=\d\.\d{4}$",
+                     lines[-1]), lines
+    # a one-task evaluation logs no progress line of its own
+    assert not any("evaluation: 1/1 tasks" in line for line in own_stderr_lines(result.stderr))
+
+
 # --- --pretrained on that checkpoint, in-process ---------------------------------------
 
 def test_pretrained_reproduces_the_trained_models_scores(trained, tmp_path):

@@ -1,4 +1,5 @@
 """Meta-training driver: checkpoints, resume, determinism, bad input."""
+import logging
 import os
 
 import numpy as np
@@ -50,6 +51,20 @@ def test_training_writes_checkpoints_config_and_tensorboard(tmp_path):
     assert len(calls) == 3  # iterations 2, 4 and the last
     for logdir in ("train", "test"):
         assert any(f.startswith("events") for f in os.listdir(tmp_path / logdir))
+
+
+def test_evaluation_line_names_how_many_tasks_were_scored(tmp_path, caplog):
+    trainer = _trainer(tmp_path, meta=_meta(meta_iters=2), evaluators={
+        "test": lambda model: {"IoU": 0.5, "tasks": 1},
+        "train": lambda model: {"IoU": 0.25, "tasks": 3}})
+    with caplog.at_level(logging.INFO):
+        trainer.train()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("batch ")]
+    assert lines == ["batch 2: test(1 task)=0.5000 train(3 tasks)=0.2500"]
+    tags = {value.tag for f in (tmp_path / "test").iterdir()
+            for event in tf.compat.v1.train.summary_iterator(str(f))
+            for value in event.summary.value}
+    assert tags == {"IoU", "meta_step_size"}  # the count is not a TensorBoard scalar
 
 
 def test_same_seed_gives_identical_weights(tmp_path):
