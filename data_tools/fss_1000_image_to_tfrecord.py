@@ -38,7 +38,7 @@ from absl import app, flags, logging
 
 from metaseg.data import image_io
 from metaseg.data.image_lists import ImageList
-from metaseg.data.shards import SHARD_SUFFIX, resize_examples, write_shard
+from metaseg.data.shards import SHARD_SUFFIX, ShardWriteError, resize_examples, write_shard
 from metaseg.errors import DataError, exit_on_error
 
 IMAGE_EXT, MASK_EXT = ".jpg", ".png"
@@ -208,7 +208,9 @@ def convert_class(class_dir: str, output_dir: str, options: ConvertOptions) -> C
         return report
     try:
         report.written = write_shard(shard, examples, overwrite=options.overwrite)
-    except (OSError, DataError) as e:
+    except ShardWriteError:
+        raise  # a full or read-only disk: every further class would fail too; stop here
+    except DataError as e:
         report.skipped.append((shard, f"could not write shard: {e}"))
         return report
     report.status = "written"

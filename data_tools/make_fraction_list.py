@@ -37,6 +37,7 @@ def write_fraction_list(input_dir: str, fraction: float, seed: int, output: str,
                         overwrite: bool = False) -> int:
     """Write the list; return how many images it names (of how many were found: logged)."""
     from metaseg.data.image_lists import ImageList, find_images, fraction_of, image_key
+    from metaseg.data.shards import write_text_atomic
 
     if os.path.exists(output) and not overwrite:
         raise DataError(f"{output} already exists; pass --overwrite to replace it")
@@ -50,10 +51,7 @@ def write_fraction_list(input_dir: str, fraction: float, seed: int, output: str,
         if not keys:
             raise DataError(f"every image of {input_dir} is in --exclude_list {exclude_list}")
     chosen = fraction_of(keys, fraction, seed)
-    tmp = output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(k + "\n" for k in chosen))
-    os.replace(tmp, output)
+    write_text_atomic(output, "".join(k + "\n" for k in chosen))
     logging.info("Listed %d of %d images (fraction %g, seed %d) in %s", len(chosen), len(keys),
                  fraction, seed, output)
     return len(chosen)

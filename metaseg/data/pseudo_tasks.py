@@ -32,7 +32,7 @@ from metaseg.data import image_io, mask_ops, pixel_clusters, pseudo_features
 from metaseg.data.image_lists import ImageList, find_images, image_key
 from metaseg.data.progress import Progress
 from metaseg.data.pseudo_stats import ClusterStats, Thresholds, cluster_name
-from metaseg.data.shards import SHARD_SUFFIX, write_shard
+from metaseg.data.shards import SHARD_SUFFIX, write_shard, write_text_atomic
 from metaseg.errors import ConfigError, DataError
 
 STATS_FILE = "pseudo_tasks.json"
@@ -204,10 +204,7 @@ def _existing_shards(output_dir: str) -> List[str]:
 
 
 def _write_json(path: str, content: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(content, indent=2))
 
 
 def make_pseudo_tasks(input_dir: str, output_dir: str, options: PseudoTaskOptions,

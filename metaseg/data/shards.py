@@ -83,6 +83,42 @@ def serialize_example(image: np.ndarray, mask: np.ndarray, key: Optional[str] = 
     return example.SerializeToString(deterministic=True)
 
 
+class ShardWriteError(DataError):
+    """The file system refused a write (disk full, quota, read-only, I/O error): fatal for a
+    whole conversion, since every further shard would fail the same way."""
+
+
+def _write_failure(path: str, error: BaseException) -> ShardWriteError:
+    """One-line ShardWriteError for an OSError or TensorFlow write error on ``path``."""
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error)
+    elif isinstance(error, tf.errors.ResourceExhaustedError):  # TF's ENOSPC / EDQUOT
+        reason = "no space left on the device (or disk quota exceeded)"
+    else:
+        reason = _tf_error_detail(error)
+    return ShardWriteError(
+        f"cannot write {path}: {reason}; free space there or choose another output folder "
+        "(no partial file was left; complete shards are kept, and a rerun without "
+        "--overwrite keeps them)")
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Write a small text file (split list, marker, statistics) under a temporary name and
+    rename it; on failure no temporary file is left and the error is a ShardWriteError."""
+    path = os.fspath(path)
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise _write_failure(path, e) from None
+        raise
+
+
 def write_shard(path: PathLike, pairs: Iterable[Tuple[np.ndarray, ...]],
                 overwrite: bool = False) -> int:
     """Write ``(image, mask)`` pairs as one GZIP shard; return how many were written.
@@ -92,7 +128,8 @@ def write_shard(path: PathLike, pairs: Iterable[Tuple[np.ndarray, ...]],
     The shard is written under a hidden temporary name in the same directory and renamed
     into place when complete, so a shard is only ever complete or absent (the temporary
     file is removed on any exception, including KeyboardInterrupt). All pairs must share
-    one square size, since readers infer the size from the byte length.
+    one square size, since readers infer the size from the byte length. A refused write
+    (disk full, read-only, I/O error) raises ShardWriteError, one line naming the file.
     """
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
@@ -116,9 +153,11 @@ def write_shard(path: PathLike, pairs: Iterable[Tuple[np.ndarray, ...]],
         if count == 0:
             raise DataError(f"{path}: no examples to write; an empty shard would be unreadable")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, (OSError, tf.errors.OpError)):
+            raise _write_failure(path, e) from None
         raise
     return count
 

@@ -19,7 +19,7 @@ from typing import Callable, List, Optional
 from absl import logging
 
 from metaseg.config import default_cache_dir
-from metaseg.data.shards import SHARD_SUFFIX, write_shard
+from metaseg.data.shards import SHARD_SUFFIX, write_shard, write_text_atomic
 from metaseg.data.synthetic import catalog as cat
 from metaseg.data.synthetic.render import render_class
 from metaseg.errors import ConfigError, DataError
@@ -107,13 +107,6 @@ def _run_jobs(jobs: List[tuple], num_workers: int,
             raise
 
 
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _parameters(num_classes, examples_per_class, image_size, seed) -> dict:
     return {"generator": "metaseg.data.synthetic", "version": GENERATOR_VERSION,
             "num_classes": num_classes, "examples_per_class": examples_per_class,
@@ -152,10 +145,10 @@ def write_benchmark(output_dir: str, *, num_classes: int = 1000, examples_per_cl
             for i in range(num_classes)]
     _run_jobs(jobs, workers, progress)
     test = sorted(catalogue.test_names)
-    _write_text(os.path.join(output_dir, TRAIN_SPLIT_FILE),
-                "".join(f"{n}\n" for n in names if n not in catalogue.test_names))
-    _write_text(os.path.join(output_dir, TEST_SPLIT_FILE), "".join(f"{n}\n" for n in test))
-    _write_text(os.path.join(output_dir, MARKER_FILE), json.dumps(
+    write_text_atomic(os.path.join(output_dir, TRAIN_SPLIT_FILE),
+                      "".join(f"{n}\n" for n in names if n not in catalogue.test_names))
+    write_text_atomic(os.path.join(output_dir, TEST_SPLIT_FILE), "".join(f"{n}\n" for n in test))
+    write_text_atomic(os.path.join(output_dir, MARKER_FILE), json.dumps(
         dict(_parameters(num_classes, examples_per_class, image_size, seed),
              num_test_classes=len(test)), indent=2, sort_keys=True) + "\n")
     logging.info("Wrote %d shards (%d test classes) in %.1f s", num_classes, len(test),
