@@ -94,7 +94,7 @@ def _tf1_lines(source: checkpoint.Source) -> List[Tuple[str, str]]:
     return [
         ("checkpoint", f"{prefix} (authors' TF1 code)"),
         ("what", f"TF1 checkpoint{step}; its settings are not stored, metaseg assumes the "
-                 "published FSS-1000 evaluation (REFERENCE.md section 10)"),
+                 "published FSS-1000 evaluation (the original ml4ai/mliis run.sh)"),
         ("architecture", f"{architecture(config)} (read from the variable names; dropout as "
                          f"published); {weights:,} stored values incl. batch-norm statistics"),
         ("image size", f"{config.data.image_size} px (published)"),
