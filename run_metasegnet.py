@@ -60,7 +60,7 @@ def main(argv):
         raise Interrupted(f"{e}; to go on, run the same command again: "
                           f"python {shlex.join(sys.argv)}") from None
     print_summary(result)
-    # Scripts grep this exact line (REFERENCE.md section 7).
+    # Scripts grep this exact line, as they did the original's.
     print(f"Mean IoU over all meta-test tasks: {result.test.mean_iou}", flush=True)
 
 
