@@ -4,15 +4,19 @@
     metaseg predict --model DIR --input DIR --output DIR
     metaseg export  --model DIR --format keras|saved_model --output PATH
     metaseg info    CHECKPOINT
+    metaseg app     [--init CHECKPOINT] [--images DIR] [--workdir DIR] [--port 8765]
 
 A user mistake (bad flag, folder, image, mask or checkpoint) ends in one ``error: ...`` line
 on stderr and exit code 2; exit code 1 means the run finished but some images could not be
-decoded (they are named). Each subcommand lives in ``metaseg/cli/<name>.py``.
+decoded (they are named). Each subcommand lives in ``metaseg/cli/<name>.py``, whose module
+imports no TensorFlow (its ``run`` does): the arguments are parsed before TensorFlow loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
 from typing import List, Optional
 
@@ -22,17 +26,61 @@ from metaseg.errors import EXIT_USER_ERROR, exit_on_error
 from metaseg.quiet import import_tensorflow
 
 
+def _suggestion(word: str, candidates) -> str:
+    """`` (did you mean X?)`` for the closest of ``candidates`` to ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with the one-line error every metaseg entry point promises."""
+    """argparse with the one-line error every metaseg entry point promises: no prefix
+    matching (``--step`` is not ``--steps``), unknown flags reported before anything else
+    with the closest known flag, and exit code 2."""
+
+    subcommands: dict = {}  # name -> parser, on the top-level parser
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+        self._seen: List[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._seen = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # a subcommand's leftovers reach the top parser: report them from there
+            parser = self.subcommands.get(getattr(parsed, "command", None), self)
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _unknown_flags(self) -> List[str]:
+        if self.subcommands:  # the top parser sees every subcommand's flags
+            return []
+        words = self._seen[:self._seen.index("--")] if "--" in self._seen else self._seen
+        return [w for w in words if w.startswith("-") and w != "-"
+                and not self._negative_number_matcher.match(w)
+                and w.split("=", 1)[0] not in self._option_string_actions]
 
     def error(self, message):
+        unknown = self._unknown_flags()
+        if unknown:  # whatever else failed, a mistyped flag is the cause to name
+            message = "unrecognized arguments: " + ", ".join(
+                w + _suggestion(w.split("=", 1)[0], self._option_string_actions)
+                for w in unknown)
+        else:
+            choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+            if choice:
+                message += _suggestion(choice.group(1), re.findall(r"'([^']*)'",
+                                                                   choice.group(2)))
         print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr,
               flush=True)
         sys.exit(EXIT_USER_ERROR)
 
 
 def _common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     group = common.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     group.add_argument("-v", "--verbose", action="store_true",
@@ -41,23 +89,25 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of every subcommand (imports TensorFlow, through the subcommand modules)."""
+    """The parser of every subcommand. Imports no TensorFlow: the subcommand modules import
+    it in their ``run``, so ``--help`` and a mistyped flag answer at once."""
     from metaseg.cli import adapt, export, info, predict  # pylint: disable=import-outside-toplevel
+    from metaseg.app import command as app  # pylint: disable=import-outside-toplevel
     common = _common_options()
     parser = _Parser(prog="metaseg",
                      description="Segment your own images with a meta-learned initialisation.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                        parser_class=_Parser)
-    for module in (adapt, predict, export, info):
+    for module in (adapt, predict, export, info, app):
         module.add_parser(subparsers, [common])
+    parser.subcommands = dict(subparsers.choices)
     return parser
 
 
 @exit_on_error
 def _run(argv: List[str]) -> int:
-    verbose = "-v" in argv or "--verbose" in argv
-    import_tensorflow(verbose=verbose)
     args = build_parser().parse_args(argv)
+    import_tensorflow(verbose=args.verbose)
     logging.set_verbosity(logging.DEBUG if args.verbose else
                           logging.WARNING if args.quiet else logging.INFO)
     return args.run(args)

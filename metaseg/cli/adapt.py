@@ -13,17 +13,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import time
 
-import tensorflow as tf
+from typing import TYPE_CHECKING
+
+import numpy as np
 from absl import logging
 
-from metaseg.cli import checkpoint, folders, segment
 from metaseg.config import RunConfig
-from metaseg.data import make_inner_batches
 from metaseg.errors import ConfigError
-from metaseg.meta.adapt import Adapter
+
+if TYPE_CHECKING:  # TensorFlow is imported by the functions, after the flags are parsed
+    from metaseg.cli import checkpoint
 
 HELP = "fine-tune an initialisation on image/mask pairs, then segment a folder of images"
+CHUNK_SECONDS = 0.5  # with a progress callback: steps per compiled call, in seconds
 
 
 def add_parser(subparsers, parents) -> None:
@@ -43,12 +47,18 @@ def add_parser(subparsers, parents) -> None:
                    help="side the model sees, a multiple of 16 (default: the checkpoint's)")
     p.add_argument("--batch_size", type=int, default=8, help="query images per prediction batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the mini-batch draws")
+    p.add_argument("--keep_moving_statistics", action="store_true",
+                   help="predict and save with the batch-norm moving statistics carried over "
+                        "from the initialisation (as run_metasegnet.py's evaluation does) "
+                        "instead of re-estimating them on the support images")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --output")
     p.set_defaults(run=run)
 
 
 def hyperparameters(source: checkpoint.Source, steps, learning_rate):
     """(steps, learning rate, where they came from) for this adaptation."""
+    # pylint: disable=import-outside-toplevel,redefined-outer-name
+    from metaseg.cli import checkpoint
     uho_lr, uho_steps = checkpoint.uho_values(source.raw)
     config = source.config
     if steps is None:
@@ -87,11 +97,24 @@ def adapted_config(source: checkpoint.Source, size: int, directory: str) -> dict
     return {**extras, **dataclasses.asdict(config)}
 
 
-def adapt(source, images, masks, *, steps: int, learning_rate: float, seed: int):
+def adapt(source, images, masks, *, steps: int, learning_rate: float, seed: int,
+          support_statistics: bool = True, on_steps=None):
     """Run the compiled inner loop on the support set; returns (model, end state, losses [K]).
 
     images float32 [n, S, S, 3] in [0, 255], masks float32 [n, S, S, 2] one-hot.
+    ``on_steps(steps done, losses so far)``: if given, the steps run in chunks of about
+    ``CHUNK_SECONDS`` (the same compiled function, continued with its step offset, so the
+    result is the same) and it is called after each; an exception it raises stops the run
+    (``metaseg app`` shows progress and cancels this way).
+    ``support_statistics``: then re-estimate the batch-norm moving statistics on the
+    (unaugmented) support images, in mini-batches of the adaptation's batch size
+    (``Adapter.support_statistics``); otherwise keep those the inner loop carried over.
     """
+    # pylint: disable=import-outside-toplevel,redefined-outer-name
+    import tensorflow as tf
+    from metaseg.cli import checkpoint
+    from metaseg.data import make_inner_batches
+    from metaseg.meta.adapt import Adapter
     config = source.config
     batch_size = config.eval.eval_batch
     if config.inner.replacement and batch_size > len(images):
@@ -105,14 +128,42 @@ def adapt(source, images, masks, *, steps: int, learning_rate: float, seed: int)
         tf.constant(images), tf.constant(masks), num_batches=steps, batch_size=batch_size,
         replacement=config.inner.replacement, seed=seed, augment=config.inner.augment,
         aug_rate=config.inner.aug_rate)
-    state, losses = adapter.adapt(adapter.initial_state(), x, y,
-                                  tf.constant(learning_rate, tf.float32), tf.constant(0),
-                                  tf.constant(max(steps, 1)))
+    state, losses, done, chunk = adapter.initial_state(), [], 0, steps if on_steps is None else 1
+    rate, total = tf.constant(learning_rate, tf.float32), tf.constant(max(steps, 1))
+    while True:
+        stop, started = min(steps, done + chunk), time.perf_counter()
+        state, part = adapter.adapt(state, x[done:stop], y[done:stop], rate, tf.constant(done),
+                                    total)
+        losses.extend(part.numpy().tolist())
+        if on_steps is not None:
+            on_steps(stop, losses)
+            seconds = max(time.perf_counter() - started, 1e-6)
+            chunk = max(1, int(CHUNK_SECONDS * (stop - done) / seconds))
+        done = stop
+        if done >= steps:
+            break
+    losses = np.asarray(losses, np.float32)
+    if support_statistics:
+        state = adapter.support_statistics(state, tf.constant(images), batch_size)
     adapter.assign(state)
-    return model, state, losses.numpy()
+    return model, state, losses
+
+
+def adaptation_record(source, pairs, *, steps: int, learning_rate: float, size: int, seed: int,
+                      origin: str, losses, support_statistics: bool = True) -> dict:
+    """adaptation.json: how an adapted model was made (``pairs``: [(image, mask) paths])."""
+    return {"initialisation": os.path.abspath(source.directory), "kind": source.kind,
+            "steps": steps, "learning_rate": learning_rate, "image_size": size,
+            "seed": seed, "hyperparameters_from": origin,
+            "support": [os.path.basename(image) for image, _ in pairs],
+            "support_losses": [float(v) for v in losses],
+            "batch_norm_statistics": ("re-estimated on the support images" if support_statistics
+                                      else "carried over from the initialisation")}
 
 
 def run(args: argparse.Namespace) -> int:
+    # pylint: disable=import-outside-toplevel,redefined-outer-name
+    from metaseg.cli import checkpoint, folders, segment
     source = checkpoint.open_checkpoint(args.init, "--init")
     size = check_image_size(args.image_size or source.config.data.image_size)
     steps, learning_rate, origin = hyperparameters(source, args.steps, args.learning_rate)
@@ -126,16 +177,15 @@ def run(args: argparse.Namespace) -> int:
                  "%g (%s)", source.directory, source.kind, len(pairs), size, steps,
                  learning_rate, origin)
     model, state, losses = adapt(source, images, masks, steps=steps,
-                                 learning_rate=learning_rate, seed=args.seed)
+                                 learning_rate=learning_rate, seed=args.seed,
+                                 support_statistics=not args.keep_moving_statistics)
     if len(losses):
         logging.info("Support loss: %.4f at the first step, %.4f at the last", losses[0],
                      losses[-1])
     model_dir = os.path.join(args.output, checkpoint.ADAPTED_SUBDIR)
-    record = {"initialisation": os.path.abspath(source.directory), "kind": source.kind,
-              "steps": steps, "learning_rate": learning_rate, "image_size": size,
-              "seed": args.seed, "hyperparameters_from": origin,
-              "support": [os.path.basename(image) for image, _ in pairs],
-              "support_losses": [float(v) for v in losses]}
+    record = adaptation_record(source, pairs, steps=steps, learning_rate=learning_rate,
+                               size=size, seed=args.seed, origin=origin, losses=losses,
+                               support_statistics=not args.keep_moving_statistics)
     checkpoint.save_adapted(model, state.opt, model_dir,
                             adapted_config(source, size, os.path.abspath(model_dir)), record)
     logging.info("Adapted model written to %s", model_dir)

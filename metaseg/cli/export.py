@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 
-import tensorflow as tf
 from absl import logging
 
-from metaseg.cli import checkpoint, segment
 from metaseg.errors import ConfigError, DataError
 
 HELP = "export an adapted model as a .keras file or a SavedModel"
@@ -50,6 +48,9 @@ def check_output(path: str, fmt: str, overwrite: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # pylint: disable=import-outside-toplevel
+    import tensorflow as tf
+    from metaseg.cli import checkpoint, segment
     source = checkpoint.open_checkpoint(args.model, "--model")
     check_output(args.output, args.format, args.overwrite)
     model = checkpoint.build_and_restore(source)

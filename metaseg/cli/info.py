@@ -8,18 +8,18 @@ and evaluation settings, the UHO values stored with it, and how an adapted model
 from __future__ import annotations
 
 import argparse
-from typing import List, Tuple
+from typing import TYPE_CHECKING, List, Tuple
 
 import numpy as np
-import tensorflow as tf
 
-from metaseg.cli import checkpoint
 from metaseg.config import RunConfig
-from metaseg.meta import checkpoints
-from metaseg.models.tf1_checkpoint import read_checkpoint_shapes, resolve_checkpoint_prefix
+
+if TYPE_CHECKING:  # TensorFlow is imported by the functions, after the flags are parsed
+    from metaseg.cli import checkpoint
+
+# pylint: disable=import-outside-toplevel,redefined-outer-name
 
 HELP = "describe a checkpoint: architecture, image size, training, stored UHO values"
-_ITERATION = "iteration/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def add_parser(subparsers, parents) -> None:
@@ -54,10 +54,12 @@ def inner_loop(config: RunConfig, steps: int, batch: int) -> str:
 
 
 def _metaseg_lines(source: checkpoint.Source) -> List[Tuple[str, str]]:
+    from metaseg import checkpoint_reader
+    from metaseg.meta import checkpoints
     prefix = checkpoints.latest(source.directory)
-    reader = tf.train.load_checkpoint(prefix)
-    iteration = int(reader.get_tensor(_ITERATION))
-    shapes = reader.get_variable_to_shape_map()
+    values = checkpoint_reader.read_tensors(prefix)  # every value: a truncated file is named
+    iteration = int(values[checkpoints.ITERATION_KEY])
+    shapes = {name: np.shape(value) for name, value in values.items()}
     weights = sum(int(np.prod(s)) for n, s in shapes.items() if n.startswith("trainable/"))
     config, meta = source.config, source.config.meta
     if source.adaptation is not None:
@@ -85,10 +87,11 @@ def _metaseg_lines(source: checkpoint.Source) -> List[Tuple[str, str]]:
 
 
 def _tf1_lines(source: checkpoint.Source) -> List[Tuple[str, str]]:
+    from metaseg import checkpoint_reader
+    from metaseg.models.tf1_checkpoint import read_checkpoint_shapes, resolve_checkpoint_prefix
     prefix = resolve_checkpoint_prefix(source.directory)
-    reader = tf.train.load_checkpoint(prefix)
-    step = (f", global step {int(reader.get_tensor('global_step'))}"
-            if reader.has_tensor("global_step") else "")
+    values = checkpoint_reader.read_tensors(prefix)
+    step = (f", global step {int(values['global_step'])}" if "global_step" in values else "")
     weights = sum(int(np.prod(s)) for s in read_checkpoint_shapes(prefix).values())
     config = source.config
     return [
@@ -105,6 +108,7 @@ def _tf1_lines(source: checkpoint.Source) -> List[Tuple[str, str]]:
 
 def describe(source: checkpoint.Source) -> List[Tuple[str, str]]:
     """[(key, value)] describing ``source``."""
+    from metaseg.cli import checkpoint
     lines = _metaseg_lines(source) if source.kind == checkpoint.METASEG else _tf1_lines(source)
     lr, steps = checkpoint.uho_values(source.raw)
     if lr is None and steps is None:
@@ -116,6 +120,7 @@ def describe(source: checkpoint.Source) -> List[Tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from metaseg.cli import checkpoint
     source = checkpoint.open_checkpoint(args.checkpoint, "CHECKPOINT")
     rows = describe(source)
     width = max(len(key) for key, _ in rows) + 1

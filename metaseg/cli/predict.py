@@ -10,7 +10,6 @@ import argparse
 
 from absl import logging
 
-from metaseg.cli import checkpoint, folders, segment
 from metaseg.errors import ConfigError
 
 HELP = "segment a folder of images with an adapted model"
@@ -28,6 +27,7 @@ def add_parser(subparsers, parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from metaseg.cli import checkpoint, folders, segment  # pylint: disable=import-outside-toplevel
     if args.batch_size <= 0:
         raise ConfigError(f"--batch_size must be positive, got {args.batch_size}")
     source = checkpoint.open_checkpoint(args.model, "--model")

@@ -14,10 +14,14 @@ inside one ``tf.function`` with a fixed input signature, so nothing retraces acr
 meta-iterations, learning rates or step counts, and nothing crosses to Python per step.
 ``scoring_adaptation`` runs the same steps and also scores a query set after each one, in
 the graph (update-hyperparameter search, REFERENCE.md section 8).
+``support_statistics`` re-estimates the batch-norm moving statistics of an adapted state on
+its support images (what ``metaseg adapt`` predicts and saves with).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import NamedTuple
 
 import keras
@@ -38,6 +42,40 @@ class AdaptState(NamedTuple):
 
 def _spec(t) -> tf.TensorSpec:
     return tf.TensorSpec(t.shape, t.dtype)
+
+
+def _layers(net: keras.Model, kind) -> list:
+    layers = net._flatten_layers(include_self=False)  # pylint: disable=protected-access
+    return [layer for layer in layers if isinstance(layer, kind)]
+
+
+def moving_statistics_indices(net: keras.Model) -> list:
+    """Positions in ``net.non_trainable_variables`` of every batch-norm moving mean and
+    moving variance (the other entries are e.g. dropout seed states)."""
+    positions = {id(v): i for i, v in enumerate(net.non_trainable_variables)}
+    moving = [v for layer in _layers(net, keras.layers.BatchNormalization)
+              for v in (layer.moving_mean, layer.moving_variance)]
+    return sorted({positions[id(v)] for v in moving if id(v) in positions})
+
+
+@contextlib.contextmanager
+def statistics_mode(net: keras.Model):
+    """While tracing inside: batch norm momentum 0 (a training-mode call writes the batch
+    statistics themselves as the moving ones) and dropout off (statistics of the network
+    as it predicts)."""
+    saved = ([(layer, layer.momentum) for layer in _layers(net, keras.layers.BatchNormalization)],
+             [(layer, layer.rate) for layer in _layers(net, keras.layers.Dropout)])
+    try:
+        for layer, _ in saved[0]:
+            layer.momentum = 0.0
+        for layer, _ in saved[1]:
+            layer.rate = 0.0
+        yield
+    finally:
+        for layer, momentum in saved[0]:
+            layer.momentum = momentum
+        for layer, rate in saved[1]:
+            layer.rate = rate
 
 
 class Adapter:
@@ -69,6 +107,9 @@ class Adapter:
         self.predict = tf.function(
             self._predict, input_signature=[state_spec, tf.TensorSpec([None, None, None, 3])])
         image4 = tf.TensorSpec([None, None, None, 3], tf.float32)
+        self._moving = moving_statistics_indices(self.net)
+        self._batch_statistics = tf.function(self._batch_statistics_of,
+                                             input_signature=[state_spec, image4])
         self._scoring_signature = [state_spec, image, label, image4, image4,
                                    tf.TensorSpec([None, None, None, 2], tf.float32), scalar_f,
                                    scalar_i]
@@ -94,7 +135,38 @@ class Adapter:
                                   strict=True):
                 var.assign(value)
 
+    def support_statistics(self, state: AdaptState, images, batch_size: int) -> AdaptState:
+        """``state`` with every batch-norm moving mean and variance replaced by the mean over
+        ``images`` (float32 [n,S,S,3], the support set, unaugmented) of its batch statistics.
+
+        The images are split in order into ceil(n / ``batch_size``) mini-batches of near-equal
+        size (one batch when n <= ``batch_size``: then predicting those images together in
+        inference mode gives exactly their batch-statistics output); each layer's statistics
+        are averaged over the mini-batches, weighted by size, computed without dropout and
+        with every earlier layer normalised by the same mini-batch. Everything else in
+        ``state`` is returned as it is.
+        """
+        n = int(images.shape[0])
+        chunks = math.ceil(n / max(1, int(batch_size)))
+        bounds = [round(i * n / chunks) for i in range(chunks + 1)]
+        total = None
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            weighted = [s * ((stop - start) / n)
+                        for s in self._batch_statistics(state, images[start:stop])]
+            total = weighted if total is None else [a + b for a, b in zip(total, weighted)]
+        non_trainable = list(state.non_trainable)
+        for i, value in zip(self._moving, total or []):
+            non_trainable[i] = value
+        return AdaptState(state.trainable, non_trainable, state.opt)
+
     # -- compiled functions ----------------------------------------------------------------
+    def _batch_statistics_of(self, state, images):
+        """The moving statistics a momentum-0 training-mode pass over ``images`` writes."""
+        with statistics_mode(self.net):
+            _, non_trainable = self.net.stateless_call(
+                state.trainable, state.non_trainable, images, training=True)
+        return [non_trainable[i] for i in self._moving]
+
     def _adapt(self, state, x, y, learning_rate, step_offset, total_steps):
         """K steps; x: float32 [K,B,S,S,3] in [0,255], y: float32 [K,B,S,S,2] one-hot."""
         num_steps = tf.shape(x)[0]
