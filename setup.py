@@ -23,6 +23,10 @@ setup(
         "absl-py",
         "pillow",
         "scikit-learn",
+        # metaseg.tfds builders and --dataset tfds:NAME. tfds >= 4.9.10 reads its metadata
+        # with protobuf 7; it imports importlib_resources without declaring it on 3.9+.
+        "tensorflow-datasets>=4.9.10",
+        "importlib_resources",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist", "matplotlib", "keras-cv", "scikit-image",

@@ -75,8 +75,13 @@ _DATA = [
     _flag("data-dir", "str", "data.data_dir",
           "Directory of shards, one <class>.tfrecord.gzip per class."),
     _flag("dataset", "str", "data.dataset",
-          "'shards' (read --data-dir) or 'synthetic' (the embedded procedural benchmark; "
-          "without --data-dir it is generated into --cache_dir once and reused)."),
+          "'shards' (read --data-dir), 'synthetic' (the embedded procedural benchmark; "
+          "without --data-dir it is generated into --cache_dir once and reused) or "
+          "'tfds:NAME[/CONFIG]' (a prepared TensorFlow Datasets dataset, e.g. "
+          "tfds:metaseg_synthetic/quickstart; its test split is the test set)."),
+    _flag("tfds_data_dir", "str", "data.tfds_data_dir",
+          "Where --dataset tfds:NAME was built (tfds build --data_dir); unset: tfds's "
+          "default (~/tensorflow_datasets or $TFDS_DATA_DIR)."),
     _flag("image_size", "int", "data.image_size", "Square image side in pixels."),
     _flag("test_tasks_file", "str", "data.test_tasks_file",
           "Text file naming the test classes, one per line. Without it the split is "

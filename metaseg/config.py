@@ -40,7 +40,9 @@ class DataConfig:
     """Where the shards are and how tasks are split (REFERENCE.md sections 1-2)."""
 
     data_dir: Optional[str] = None
-    dataset: str = "shards"  # "shards" or "synthetic" (the embedded benchmark)
+    # "shards", "synthetic" (the embedded benchmark) or "tfds:NAME[/CONFIG]" (a prepared
+    # TensorFlow Datasets dataset, read from tfds_data_dir; None: tfds's default directory)
+    dataset: str = "shards"
     image_size: int = 320
     test_tasks_file: Optional[str] = None
     val_tasks_file: Optional[str] = None
@@ -49,15 +51,35 @@ class DataConfig:
     fss_1000: bool = False
     drop_small_tasks: bool = False
     train_list: Optional[str] = None  # image-list file restricting the training tasks' images
+    tfds_data_dir: Optional[str] = None
 
     def __post_init__(self):
-        _require(self.dataset in ("shards", "synthetic"),
-                 f"--dataset must be 'shards' or 'synthetic', got {self.dataset!r}")
+        _require(self.dataset in ("shards", "synthetic") or bool(self.tfds_name),
+                 "--dataset must be 'shards', 'synthetic' or 'tfds:NAME[/CONFIG]', "
+                 f"got {self.dataset!r}")
+        if self.tfds_name:
+            _require(not self.data_dir, f"--data-dir and --dataset {self.dataset} both name "
+                                        "the data; pass one of them")
+            for wanted, flag in ((self.train_list, "--train_list"),
+                                 (self.fp_k_test_set, "--fp_k_test_set")):
+                _require(not wanted, f"{flag} needs shards (--data-dir); a tfds dataset "
+                                     "stores no image keys or FP-k shard names")
+        _require(self.tfds_data_dir is None or bool(self.tfds_name),
+                 "--tfds_data_dir is where a --dataset tfds:NAME is read from; pass "
+                 "--dataset tfds:NAME too, or drop it")
         _positive(self.image_size, "--image_size")
         _require(self.image_size % 16 == 0,
                  f"--image_size must be a multiple of 16, got {self.image_size}")
         _require(self.num_val_tasks >= 0,
                  f"--num_val_tasks must be >= 0, got {self.num_val_tasks}")
+
+    @property
+    def tfds_name(self) -> Optional[str]:
+        """``NAME[/CONFIG]`` of ``--dataset tfds:NAME[/CONFIG]``, else None."""
+        prefix = "tfds:"
+        if self.dataset.startswith(prefix) and self.dataset[len(prefix):].strip("/"):
+            return self.dataset[len(prefix):]
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,6 +389,9 @@ class RunConfig:
         _require(not (self.uho.enabled and no_val),
                  "--optimize_update_hyperparms_on_val_set needs validation tasks: "
                  "set --num_val_tasks > 0")
+        _require(not (self.kshot.enabled and self.data.tfds_name),
+                 "--run_k_shot_learning_curves_experiment reads the FP-k classes from shards "
+                 "(--data-dir), not from a --dataset tfds:NAME")
         self._check_batches_fit()
         if self.data.dataset == "synthetic":
             self._check_synthetic_size()

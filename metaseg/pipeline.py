@@ -45,7 +45,8 @@ class RunResult:
 
 
 def resolve_data_dir(config: RunConfig) -> str:
-    """The shard directory: ``--data-dir``, or the embedded benchmark generated once."""
+    """The shard directory: ``--data-dir``, or the embedded benchmark generated once (for
+    ``--dataset tfds:NAME``, that string: ``load_splits`` reads the tfds dataset)."""
     if config.data.data_dir:
         return config.data.data_dir
     if config.data.tfds_name:  # read by load_splits; the string names it in log lines

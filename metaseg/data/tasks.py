@@ -78,6 +78,27 @@ def list_tasks(data_dir) -> List[Task]:
     return [Task(f[:-len(SHARD_SUFFIX)], (os.path.join(data_dir, f),)) for f in files]
 
 
+def list_tfds_tasks(dataset: str, data_dir: Optional[str] = None
+                    ) -> Tuple[List[Task], Optional[List[str]]]:
+    """One task per class of a prepared tfds dataset (``--dataset tfds:NAME[/CONFIG]``),
+    sorted by name, and the classes of its ``test`` split (None without one); the tasks
+    load like shards' (``tfds_source``)."""
+    from metaseg.data import tfds_source  # pylint: disable=import-outside-toplevel
+    return tfds_source.list_tasks(dataset, data_dir)
+
+
+def _read_sources(paths: Sequence) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """``read_shards(paths)``, where a path may also be a class of a tfds dataset."""
+    from metaseg.data import tfds_source  # pylint: disable=import-outside-toplevel
+    refs = [p for p in paths if isinstance(p, tfds_source.TfdsClass)]
+    if not refs:
+        return read_shards(paths)
+    shards = [p for p in paths if not isinstance(p, tfds_source.TfdsClass)]
+    decoded = dict(zip(refs, tfds_source.read_classes(refs)))
+    decoded.update(zip(shards, read_shards(shards)))
+    return [decoded[p] for p in paths]
+
+
 def read_class_list(path) -> List[str]:
     """Class names of a split file: one per line; blank lines and ``#`` comments ignored.
 
@@ -223,7 +244,7 @@ class TaskStore:
             raise DataError("no tasks to load; check --data_dir and the splits")
         paths = list(dict.fromkeys(p for task in tasks for p in task.paths))
         if keep_keys is None:
-            decoded = dict(zip(paths, read_shards(paths)))
+            decoded = dict(zip(paths, _read_sources(paths)))
         else:
             decoded = _keep_listed(paths, read_shards(paths, with_keys=True), keep_keys)
             tasks = [t for t in tasks if any(len(decoded[p][0]) for p in t.paths)]

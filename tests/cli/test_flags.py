@@ -85,7 +85,8 @@ NEW_FLAGS = {"dataset", "test_tasks_file", "val_tasks_file", "backbone_weights",
              "drop_small_tasks", "jit_compile", "reset_state_per_task", "checkpoint_every",
              "keep_checkpoints", "save_predictions_dir", "compare_random_init", "eval_train_tasks", "synthetic_num_classes",
              "synthetic_examples_per_class", "synthetic_image_size", "cache_dir", "train_list",
-             "distribution_strategy", "num_cpu_devices", "tpu"}
+             "distribution_strategy", "num_cpu_devices", "tpu",
+             "tfds_data_dir"}
 
 
 def test_flag_set_is_flags_md_plus_the_new_ones():

@@ -1,0 +1,26 @@
+"""TensorFlow Datasets builders of metaseg's datasets; importing this registers them.
+
+    import metaseg.tfds, tensorflow_datasets as tfds
+    tfds.load("metaseg_synthetic/tiny", data_dir=DIR)          # generated, no download
+    python -m metaseg.tfds fss1000 --manual_dir fewshot_data --data_dir DIR
+    tfds build fss1000 --imports metaseg.tfds --manual_dir fewshot_data --data_dir DIR
+
+- ``metaseg_synthetic`` (configs ``tiny``, ``quickstart``, ``full``): the embedded benchmark;
+- ``fss1000`` (manual download; configs ``default``, ``allow_skips``): the authors' split;
+- ``pascal5i`` (manual download, VOC 2012 + SBD; configs ``fold0``-``fold3``).
+
+Every example has ``image`` (uint8 [S, S, 3]), ``mask`` (uint8 [S, S, 1], 255 foreground,
+0 background) and ``class_name``; splits ``train`` and ``test`` hold disjoint classes.
+``python -m metaseg.tfds NAME[/CONFIG] --data_dir DIR [--manual_dir DIR]`` builds one with
+metaseg's one-line errors (tfds's own ``tfds build`` of tfds 4.9.8-4.9.10 needs apache-beam
+installed to start); ``run_metasegnet.py --dataset tfds:NAME[/CONFIG]
+--tfds_data_dir DIR`` meta-trains on it.
+"""
+
+from metaseg.tfds.fss1000 import Fss1000
+from metaseg.tfds.pascal5i import Pascal5i
+from metaseg.tfds.synthetic import MetasegSynthetic
+
+BUILDERS = {"fss1000": Fss1000, "metaseg_synthetic": MetasegSynthetic, "pascal5i": Pascal5i}
+
+__all__ = ["BUILDERS", "Fss1000", "MetasegSynthetic", "Pascal5i"]
