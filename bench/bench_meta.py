@@ -31,6 +31,7 @@ from metaseg.data.tasks import TaskStore  # noqa: E402
 from metaseg.meta.adapt import Adapter  # noqa: E402
 from metaseg.meta.trainer import MetaTrainer  # noqa: E402
 from metaseg.models import build_model, losses  # noqa: E402
+from metaseg.models.batch_norm import set_fused  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -70,27 +71,42 @@ def bare_keras_step(size, repeats, model_config=MODEL):
     return _best(lambda: model.train_on_batch(x, y), repeats)
 
 
-def compiled_inner_step(size, repeats, model_config=MODEL, inner=INNER):
+def compiled_inner_step(size, repeats, model_config=MODEL, inner=INNER, fused_bn=True):
     """Seconds per inner step of the compiled adaptation (STEPS steps per call)."""
-    return inner_step_and_losses(size, repeats, model_config, inner)[0]
+    return inner_step_and_losses(size, repeats, model_config, inner, fused_bn)[0]
 
 
-def inner_step_and_losses(size, repeats, model_config=MODEL, inner=INNER):
-    """(seconds per compiled inner step, the STEPS step losses) from seed-0 weights: the
-    losses identify the function computed, to compare settings that should not change it."""
+def inner_step_runner(size, model_config=MODEL, inner=INNER, fused_bn=True):
+    """A no-argument function running STEPS compiled inner steps from seed-0 weights and
+    returning their losses [STEPS] (numpy). ``fused_bn=False``: every batch norm computes
+    as before the fused layer (``set_fused(model, False)``), for the A/B."""
     keras.utils.set_random_seed(0)
-    adapter = Adapter(build_model(model_config), inner)
+    model = build_model(model_config)
+    if not fused_bn:
+        set_fused(model, False)
+    adapter = Adapter(model, inner)
     x, y = _batch(size)
     xs, ys = tf.constant(np.stack([x] * STEPS)), tf.constant(np.stack([y] * STEPS))
     state = adapter.initial_state()
-    step_losses = []
 
     def run():
         _, losses_k = adapter.adapt(state, xs, ys, tf.constant(0.0005), tf.constant(0),
                                     tf.constant(STEPS))
-        step_losses[:] = losses_k.numpy().tolist()
+        return losses_k.numpy()
 
-    return _best(run, repeats) / STEPS, step_losses
+    return run
+
+
+def inner_step_and_losses(size, repeats, model_config=MODEL, inner=INNER, fused_bn=True):
+    """(seconds per compiled inner step, the STEPS step losses) from seed-0 weights: the
+    losses identify the function computed, to compare settings that should not change it."""
+    run = inner_step_runner(size, model_config, inner, fused_bn)
+    step_losses = []
+
+    def timed():
+        step_losses[:] = run().tolist()
+
+    return _best(timed, repeats) / STEPS, step_losses
 
 
 def meta_iteration(size, algorithm, repeats, model_config=MODEL):

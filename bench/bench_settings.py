@@ -10,12 +10,16 @@ another function and is not eligible. Settings: XLA ``jit_compile``; ``TF_ENABLE
 off; intra-/inter-op thread counts; and the NCHW data layout, which EfficientLab (NHWC
 throughout) cannot use, measured on its commonest layers, a 3x3 depthwise and a 1x1
 convolution, to see whether it would pay. Prints a Markdown table and writes the JSON.
+``--rounds N`` runs the whole list of settings N times in turn (A, B, C, A, B, C, ...), so
+load from other processes falls on every setting alike; a row's time is the median over
+rounds, with each run's 1-minute load average recorded.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -42,6 +46,7 @@ SETTINGS: Dict[str, tuple] = {
     "intra2_inter1": ("intra-op 2, inter-op 1 threads", {}, (2, 1), False),
     "intra1_inter2": ("intra-op 1, inter-op 2 threads", {}, (1, 2), False),
     "intra1_inter1": ("intra-op 1, inter-op 1 threads", {}, (1, 1), False),
+    "intra2_inter2": ("intra-op 2, inter-op 2 threads", {}, (2, 2), False),
     "omp2_blocktime0": ("OMP_NUM_THREADS=2, KMP_BLOCKTIME=0",
                         {"OMP_NUM_THREADS": "2", "KMP_BLOCKTIME": "0"}, None, False),
 }
@@ -51,6 +56,7 @@ DEFAULT = "default"
 def define_flags() -> None:
     flags.DEFINE_list("sizes", ["64"], "Square image sizes (multiples of 16).")
     flags.DEFINE_integer("repeats", 5, "Timed repetitions per setting.", lower_bound=1)
+    flags.DEFINE_integer("rounds", 1, "Interleaved rounds over all settings.", lower_bound=1)
     flags.DEFINE_list("settings", list(SETTINGS), "Settings to measure (names of SETTINGS).")
     flags.DEFINE_string("output", os.path.join(HERE, "results_settings.json"), "Results JSON.")
     flags.DEFINE_string("child", None, "Internal: SETTING|SIZE|OUT_JSON.")
@@ -66,7 +72,9 @@ def child(name: str, size: int, out: str) -> None:
     inner = bench_meta.INNER.__class__(**{**bench_meta.INNER.__dict__, "jit_compile": jit})
     seconds, losses = bench_meta.inner_step_and_losses(size, FLAGS.repeats, inner=inner)
     provenance.write_json(out, {"setting": name, "image_size": size, "inner_step_s": seconds,
-                                "losses": losses})
+                                "losses": losses, "load_avg_1m": os.getloadavg()[0],
+                                "threads": [tf.config.threading.get_intra_op_parallelism_threads(),
+                                            tf.config.threading.get_inter_op_parallelism_threads()]})
 
 
 def layout_check(size: int, repeats: int) -> Dict:
@@ -106,6 +114,24 @@ def run_setting(name: str, size: int, workdir: str) -> Dict:
         return json.load(f)
 
 
+def merge_rounds(runs: List[Dict]) -> List[Dict]:
+    """One row per (setting, size): the median time over its rounds, every round kept;
+    a setting that failed in any round is reported as failed."""
+    rows = {}
+    for run in runs:
+        key = (run["setting"], run["image_size"])
+        if "error" in run:
+            rows[key] = run
+            continue
+        if "error" in rows.get(key, {}):
+            continue
+        row = rows.setdefault(key, {**run, "rounds_s": [], "loads_1m": []})
+        row["rounds_s"].append(run["inner_step_s"])
+        row["loads_1m"].append(run["load_avg_1m"])
+        row["inner_step_s"] = statistics.median(row["rounds_s"])
+    return list(rows.values())
+
+
 def compare(rows: List[Dict]) -> None:
     """Speed-up and loss difference against the default of the same size; eligibility."""
     default_name = DEFAULT
@@ -123,18 +149,20 @@ def compare(rows: List[Dict]) -> None:
 
 
 def markdown(rows: List[Dict], layout: Dict) -> str:
-    lines = ["| setting | px | inner step (s) | speed-up | max rel. loss difference | verdict |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| setting | px | inner step (s) | speed-up | max rel. loss difference | verdict "
+             "| load avg (1 min) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {SETTINGS[r['setting']][0]} | {r['image_size']} | - | - | - | failed: "
-                         f"{r['error'][:80]} |")
+                         f"{r['error'][:80]} | - |")
             continue
         verdict = ("baseline" if r["setting"] == DEFAULT else
                    "helps" if r["helps"] else
                    "changes the function" if not r["same_function"] else "no gain")
+        loads = r.get("loads_1m", [])
+        load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"
         lines.append(f"| {SETTINGS[r['setting']][0]} | {r['image_size']} | {r['inner_step_s']:.4f} "
-                     f"| {r['speedup']:.2f}x | {r['max_rel_loss_diff']:.1e} | {verdict} |")
+                     f"| {r['speedup']:.2f}x | {r['max_rel_loss_diff']:.1e} | {verdict} | {load} |")
     lines += ["", "| layout check (8 x S/4 x S/4 x 144) | s / op |", "|---|---|"]
     lines += [f"| {k} | {v if isinstance(v, str) else f'{v * 1e3:.2f} ms'} |"
               for k, v in layout.items()]
@@ -154,7 +182,9 @@ def main(argv):
     prov = provenance.record()
     names = [DEFAULT] + [s for s in FLAGS.settings if s != DEFAULT]
     with tempfile.TemporaryDirectory(prefix="metaseg_settings_") as workdir:
-        rows = [run_setting(name, int(size), workdir) for size in FLAGS.sizes for name in names]
+        runs = [run_setting(name, int(size), workdir) for size in FLAGS.sizes
+                for _ in range(FLAGS.rounds) for name in names]
+    rows = merge_rounds(runs)
     compare(rows)
     layout = layout_check(int(FLAGS.sizes[0]), FLAGS.repeats)
     text = markdown(rows, layout)

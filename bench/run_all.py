@@ -128,6 +128,9 @@ def decide(runs: List[Dict], groups: List[Dict]) -> str:
 
 def main(argv):
     del argv
+    if FLAGS.child or FLAGS.in_process:
+        from metaseg.quiet import import_tensorflow  # pylint: disable=import-outside-toplevel
+        import_tensorflow()  # the thread pools every entry point gets (metaseg.threads)
     if FLAGS.child:
         import suite  # pylint: disable=import-outside-toplevel
         name, size, out = FLAGS.child.split(":", 2)

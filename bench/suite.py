@@ -71,11 +71,14 @@ def model_group(size: int, opts: Options) -> Dict:
 
 
 def inner_group(size: int, opts: Options) -> Dict:
-    """Seconds per compiled inner step (fp32, bf16) next to a bare Keras train step."""
+    """Seconds per compiled inner step (fp32, bf16) next to a bare Keras train step, and
+    the fp32 step with today's unfused batch norm (``inner_step_unfused_bn_s``)."""
     out = {"bare_keras_step_s": bench_meta.bare_keras_step(size, opts.repeats)}
     for precision in PRECISIONS:
         out[f"inner_step_{precision}_s"] = bench_meta.compiled_inner_step(
             size, opts.repeats, _model_config(precision))
+    out["inner_step_unfused_bn_s"] = bench_meta.compiled_inner_step(
+        size, opts.repeats, _model_config("fp32"), fused_bn=False)
     return out
 
 
@@ -128,4 +131,5 @@ def run_group(name: str, size: int, opts: Options) -> Dict:
         result = {"error": f"{type(e).__name__}: {e}".splitlines()[0],
                   "traceback": traceback.format_exc()}
     return {"group": name, "image_size": size, **result,
-            "wall_s": time.perf_counter() - tic, "peak_rss_mb": peak_rss_mb()}
+            "wall_s": time.perf_counter() - tic, "peak_rss_mb": peak_rss_mb(),
+            "load_avg_1_5_15": list(os.getloadavg())}  # the machine may be shared

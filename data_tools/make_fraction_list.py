@@ -71,6 +71,8 @@ def main(argv):
 if __name__ == "__main__":
     from metaseg.quiet import import_tensorflow
 
-    import_tensorflow()  # metaseg.data imports it: keep its start-up chatter off stderr
+    # metaseg.data imports it: keep its start-up chatter off stderr (and a bad
+    # TF_NUM_*_THREADS in one line)
+    exit_on_error(import_tensorflow)()
     define_flags()
     app.run(main)

@@ -95,6 +95,7 @@ def main(argv):
 if __name__ == "__main__":
     from metaseg.quiet import import_tensorflow
 
-    import_tensorflow()  # before the flag defaults import it: errors stay one line
+    # before the flag defaults import it: errors stay one line (a bad TF_NUM_*_THREADS too)
+    exit_on_error(import_tensorflow)()
     define_flags()
     app.run(main)

@@ -151,7 +151,9 @@ _INNER = [
     _flag("replacement", "bool", "inner.replacement",
           "Draw each inner mini-batch independently (with replacement between batches)."),
     _flag("jit_compile", "bool", "inner.jit_compile",
-          "XLA-compile the inner loop (faster on GPU, slow first step)."),
+          "XLA-compile the inner loop. Off by default: on CPU, XLA's depthwise "
+          "convolution makes the step 30-45x slower (one 3x3 depthwise conv forward+"
+          "backward, 8x56x56x144: 0.42 s vs 0.011 s), not recompilation. For GPU/TPU."),
 ]
 
 _META = [

@@ -1,8 +1,9 @@
-"""Importing TensorFlow without its start-up chatter on stderr.
+"""Importing TensorFlow without its start-up chatter on stderr, with our thread defaults.
 
 TensorFlow 2.21 writes a few lines (oneDNN notice, missing CUDA drivers) from C++ before
 ``TF_CPP_MIN_LOG_LEVEL`` applies, so a command-line error would not be the single line
-users are promised. Entry points call :func:`import_tensorflow` first.
+users are promised. Entry points call :func:`import_tensorflow` first, which also sizes
+TensorFlow's thread pools (``metaseg.threads``) before anything runs.
 """
 
 import os
@@ -10,7 +11,15 @@ import sys
 
 
 def import_tensorflow(verbose: bool = False):
-    """Import TensorFlow, with file descriptor 2 sent to /dev/null during the import."""
+    """Import TensorFlow (file descriptor 2 sent to /dev/null during the import) and set
+    its thread pools: ConfigError for a bad TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS."""
+    tensorflow = _import(verbose)
+    from metaseg import threads  # pylint: disable=import-outside-toplevel
+    threads.configure(tensorflow)
+    return tensorflow
+
+
+def _import(verbose: bool):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
     if verbose or "tensorflow" in sys.modules:
         import tensorflow  # pylint: disable=import-outside-toplevel
