@@ -30,9 +30,14 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist", "matplotlib", "keras-cv", "scikit-image",
-                 "starlette>=0.40", "uvicorn>=0.30", "httpx", "selenium>=4.10"],
+                 "starlette>=0.40", "uvicorn>=0.30", "httpx", "selenium>=4.10",
+                 "keras-hub", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"],
         "plot": ["matplotlib"],
         "kerascv": ["keras-cv"],
+        "kerashub": ["keras-hub"],
+        # metaseg export --format onnx (tf2onnx, onnx) and the check that an exported file
+        # runs in its own runtime (onnxruntime; ai-edge-litert's interpreter for litert)
+        "export": ["tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"],
         "coco": ["pycocotools"],
         "app": ["starlette>=0.40", "uvicorn>=0.30"],
     },

@@ -14,7 +14,7 @@ from typing import Optional
 import keras
 from absl import logging
 
-from metaseg import distribute
+from metaseg import distribute, presets
 from metaseg.config import QUERY_SIZE, RunConfig
 from metaseg.data import TaskStore, image_lists, list_tasks, make_splits, read_class_list
 from metaseg.data.tasks import list_tfds_tasks
@@ -80,19 +80,28 @@ def load_splits(config: RunConfig, data_dir: str):
 def build(config: RunConfig) -> keras.Model:
     """A freshly initialised model, seeded so that one seed gives one initialisation."""
     keras.utils.set_random_seed(config.seed)
-    return build_model(config.model)  # also restores --restore_efficient_net_weights_from
+    # also restores --restore_efficient_net_weights_from
+    return build_model(config.model, image_size=config.data.image_size)
 
 
 def _check_restorable(directory: str) -> None:
-    if not (checkpoints.is_metaseg_checkpoint(directory) or is_tf1_checkpoint(directory)):
+    if not (checkpoints.is_metaseg_checkpoint(directory) or is_tf1_checkpoint(directory)
+            or presets.find(directory) is not None):  # a damaged preset: its own error
         raise DataError(f"--pretrained: --checkpoint {directory} holds no metaseg or TF1 "
-                        "checkpoint; pass the directory meta-training wrote, or an authors' "
-                        "checkpoint directory")
+                        "checkpoint and is no preset; pass the directory meta-training "
+                        "wrote, an authors' checkpoint directory, or a preset folder or name "
+                        f"({', '.join(presets.shipped()) or 'none shipped'})")
 
 
 def restore(model: keras.Model, directory: str, *, skip_final_layer: bool) -> None:
-    """Load ``directory`` into ``model``: our checkpoints and the authors' TF1 ones alike."""
-    if checkpoints.is_metaseg_checkpoint(directory):
+    """Load ``directory`` into ``model``: our checkpoints, the authors' TF1 ones and presets
+    (folders, or names of shipped ones) alike."""
+    preset = None if checkpoints.is_metaseg_checkpoint(directory) or is_tf1_checkpoint(
+        directory) else presets.find(directory)
+    if preset is not None:
+        presets.load_weights(model, preset, skip_final_layer=skip_final_layer)
+        logging.info("Restored preset %s (%s)", preset.name, preset.directory)
+    elif checkpoints.is_metaseg_checkpoint(directory):
         iteration = checkpoints.restore_weights(model, directory,
                                                 skip_final_layer=skip_final_layer)
         logging.info("Restored metaseg checkpoint %s (meta-iteration %d)", directory, iteration)

@@ -248,15 +248,17 @@ def _append_rows(path: str, rows: list) -> None:
 
 # --- what run_metasegnet.py does with it ------------------------------------------------
 
-def dropout_variant_builder(model_config: ModelConfig) -> Callable[[float], keras.Model]:
-    """``rate -> model`` of the run's architecture with another final-layer dropout rate.
+def dropout_variant_builder(model_config: ModelConfig,
+                            image_size: Optional[int] = None) -> Callable[[float], keras.Model]:
+    """``rate -> model`` of the run's architecture with another final-layer dropout rate
+    (``image_size``: the run's ``--image_size``, for models built for one size).
 
     No backbone weights are loaded or downloaded: ``copy_weights`` overwrites them all.
     """
     def build(rate: float) -> keras.Model:
         return build_model(dataclasses.replace(
             model_config, final_layer_dropout_rate=rate, backbone_weights=None,
-            restore_efficient_net_weights_from=None))
+            restore_efficient_net_weights_from=None), image_size=image_size)
     return build
 
 
@@ -266,7 +268,7 @@ def optimize_for_run(config: RunConfig, model: keras.Model, val_store,
     search = UpdateHyperparameterSearch(
         model, config.inner, config.eval, config.uho,
         model_drop_rate=config.model.final_layer_dropout_rate,
-        rebuild=dropout_variant_builder(config.model), adapter=adapter,
+        rebuild=dropout_variant_builder(config.model, config.data.image_size), adapter=adapter,
         csv_path=results_csv_path(config.checkpoint, config.uho.results_csv_name,
                                   config.eval.shots),
         seed=config.seed)

@@ -21,13 +21,15 @@ from metaseg.errors import ConfigError
 FINAL_LAYER = "final_layer_weights"
 
 
+@keras.saving.register_keras_serializable(package="metaseg")
 class DynamicUpSampling2D(keras.layers.UpSampling2D):
     """``UpSampling2D`` that also works when the spatial size is only known at run time.
 
     Keras 3's ``UpSampling2D`` (through ``keras.ops.image.resize``) tests ``size > 0`` in
     Python, which fails inside ``tf.function`` when the height and width are unknown, as
     in the meta-learner's shape-polymorphic inner loop. Same result (bilinear, half-pixel
-    centres) via ``tf.image.resize``.
+    centres) via ``tf.image.resize``. Registered with Keras (package "metaseg") so that a
+    ``.keras`` export of the model loads after ``import metaseg.models``.
     """
 
     def call(self, inputs):

@@ -4,13 +4,15 @@ The meta-learner is model-agnostic: any Keras model mapping float32 images
 ``[N, S, S, 3]`` in [0, 255] to 2-channel logits ``[N, S, S, 2]`` (channel 1 foreground)
 can be meta-trained. ``register_model(name, builder)`` makes one available as
 ``--model_name name``; ``build_model`` gives every model the EfficientLab interface
-(softmax output, ``logits_model`` attribute) through ``with_logits``.
+(softmax output, ``logits_model`` attribute) through ``with_logits``. Models whose graph
+is built for one input size (keras-hub's) are registered with ``sized=True``: their builder
+takes ``(config, image_size)`` and ``build_model`` needs the image size.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional, Set
 
 import keras
 from absl import logging
@@ -50,14 +52,28 @@ def _build_deeplabv3plus(config: ModelConfig) -> keras.Model:
     return build_deeplabv3plus(config)
 
 
-MODELS: Dict[str, Callable[[ModelConfig], keras.Model]] = {
+def _build_segformer_b0(config: ModelConfig, image_size: int) -> keras.Model:
+    from metaseg.models.kerashub import build_segformer_b0  # keras-hub is optional
+    return build_segformer_b0(config, image_size)
+
+
+def _build_deeplabv3_hub(config: ModelConfig, image_size: int) -> keras.Model:
+    from metaseg.models.kerashub import build_deeplabv3_hub  # keras-hub is optional
+    return build_deeplabv3_hub(config, image_size)
+
+
+MODELS: Dict[str, Callable[..., keras.Model]] = {
     "efficientlab": _build_efficientlab,
     "deeplabv3plus": _build_deeplabv3plus,
+    "segformer_b0": _build_segformer_b0,
+    "deeplabv3_hub": _build_deeplabv3_hub,
 }
+# Names whose builder takes (config, image_size): graphs built for one input size.
+SIZED: Set[str] = {"segformer_b0", "deeplabv3_hub"}
 
 
-def register_model(name: str, builder: Callable[[ModelConfig], keras.Model], *,
-                   overwrite: bool = False) -> None:
+def register_model(name: str, builder: Callable[..., keras.Model], *,
+                   overwrite: bool = False, sized: bool = False) -> None:
     """Make ``builder`` available as ``--model_name name``.
 
     ``builder(config: ModelConfig)`` returns a fresh ``keras.Model`` that maps float32
@@ -65,6 +81,8 @@ def register_model(name: str, builder: Callable[[ModelConfig], keras.Model], *,
     is probabilities and whose ``logits_model`` attribute is a model sharing its variables
     that returns the logits. Optional: ``final_layer_name``, the top-level layer
     ``--do_not_restore_final_layer_weights`` skips (default "final_layer_weights").
+    ``sized=True``: the builder is called as ``builder(config, image_size)`` (S, the side of
+    the square images the model will see), for models whose graph has a static input size.
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"model name must be a non-empty string, got {name!r}")
@@ -74,6 +92,10 @@ def register_model(name: str, builder: Callable[[ModelConfig], keras.Model], *,
         raise ConfigError(f"model {name!r} is already registered; pass overwrite=True "
                           "to replace it")
     MODELS[name] = builder
+    if sized:
+        SIZED.add(name)
+    else:
+        SIZED.discard(name)
 
 
 def with_logits(logits_model: keras.Model, *, name: Optional[str] = None) -> keras.Model:
@@ -135,20 +157,26 @@ def dtype_policy(precision: str) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def build_model(config: ModelConfig) -> keras.Model:
+def build_model(config: ModelConfig, image_size: Optional[int] = None) -> keras.Model:
     """Build the network ``config.model_name`` names; ConfigError for an unknown name.
 
     ``config.mixed_precision == "bf16"``: every layer computes in bfloat16 except batch
     norm and the logits, which stay float32 like the variables (EfficientLab marks its
     logits layer float32; other models should end in a float32 layer too).
+    ``image_size``: the side of the square images the model will see; models registered
+    with ``sized=True`` need it (the others work at any size and ignore it).
     """
     try:
         builder = MODELS[config.model_name]
     except KeyError:
         raise ConfigError(f"unknown --model_name {config.model_name!r}: known models are "
                           f"{', '.join(sorted(MODELS))}") from None
+    sized = config.model_name in SIZED
+    if sized and image_size is None:
+        raise ConfigError(f"--model_name {config.model_name} is built for one image size: "
+                          "call build_model(config, image_size=S)")
     with dtype_policy(config.mixed_precision):
-        model = builder(config)
+        model = builder(config, int(image_size)) if sized else builder(config)
     if not isinstance(model, keras.Model):
         raise ConfigError(f"--model_name {config.model_name}: the builder returned "
                           f"{type(model).__name__}, not a keras.Model")
