@@ -62,12 +62,13 @@ def write_queries(directory, broken=False):
     return directory
 
 
-def save_initialisation(directory):
+def save_initialisation(directory, eval_batch=2):
     """A metaseg checkpoint of a freshly built EfficientLab-B0 --rsd 2 4 at 64 px, with UHO
-    values stored in its config.json."""
+    values stored in its config.json (adaptation batches of ``eval_batch``)."""
     config = RunConfig(data=DataConfig(image_size=SIZE), model=ModelConfig(rsd=(2, 4)),
                        inner=InnerConfig(sgd=True, learning_rate=0.5, loss_name="bce_dice"),
-                       eval=EvalConfig(eval_iters=1, eval_batch=2), checkpoint=str(directory))
+                       eval=EvalConfig(eval_iters=1, eval_batch=eval_batch),
+                       checkpoint=str(directory))
     model = build(config)
     state = checkpoints.MetaState(model, Adapter(model, config.inner).initial_state().opt)
     state.iteration.assign(7)
@@ -354,4 +355,5 @@ def test_console_entry_point_one_line_error(tmp_path):
     assert own_stderr_lines(result.stderr) == [
         f"error: CHECKPOINT {tmp_path} is not a checkpoint metaseg knows: expected a folder "
         "meta-training wrote (model.ckpt-* and config.json), the --output folder of metaseg "
-        "adapt, or an authors' TF1 checkpoint folder"]
+        "adapt, a preset (config.json, model.weights.h5, metadata.json), or an authors' TF1 "
+        "checkpoint folder"]
