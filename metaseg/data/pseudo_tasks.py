@@ -229,9 +229,9 @@ def make_pseudo_tasks(input_dir: str, output_dir: str, options: PseudoTaskOption
     if existing and not options.overwrite:
         raise DataError(f"{output_dir} already holds {len(existing)} cluster_* shards; pass "
                         "--overwrite to replace them or choose another --output_dir")
-    os.makedirs(output_dir, exist_ok=True)
     features_of = feature_fn or pseudo_features.make_feature_fn(
         backbone, options.feature_level, options.image_size, encoder_name)
+    os.makedirs(output_dir, exist_ok=True)  # after the backbone loaded: a bad one leaves none
     cells = (options.image_size // pseudo_features.stride(options.feature_level)) ** 2
     logging.info("Clustering %d images into %d clusters (%s backbone, feature level %d, "
                  "%d feature cells per image)", len(found), options.num_clusters, backbone,

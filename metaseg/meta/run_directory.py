@@ -5,7 +5,8 @@ Two runs writing into one directory would overwrite each other's checkpoints and
 so a run holds an exclusive ``fcntl.flock`` on ``<directory>/.metaseg.lock`` for as long as
 it lives. The kernel drops the lock when the process ends, however it ends (SIGKILL too),
 so the lock of a dead run never blocks a resume. Only the chief of a multi-worker run
-claims the directory (the other workers write nothing).
+claims the directory (the other workers write nothing); remote directories (``gs://``) are
+not locked.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ LOCK_FILE = ".metaseg.lock"
 def claimed(directory: str, chief: bool = True) -> Iterator[None]:
     """Hold ``directory`` (created if missing) for the body; a body that fails leaves no
     directory it created without a checkpoint in it (e.g. only ``config.json``)."""
-    if not chief:
+    if not chief or "://" in directory:  # gs:// and the like: no flock, nothing to clean
+        if chief:
+            logging.warning("--checkpoint %s is not on a local file system: it cannot be "
+                            "locked against a second run writing into it", directory)
         yield
         return
     created = not os.path.exists(directory)

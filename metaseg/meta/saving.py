@@ -15,16 +15,17 @@ NaN. The losses of the kept checkpoints are recorded in ``checkpoint_losses.json
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
 import math
 import os
 import re
-import shutil
 from typing import Dict, List, Optional
 
 import tensorflow as tf
+from tensorflow.io import gfile
 
 from metaseg.errors import CheckpointError
 from metaseg.meta.checkpoints import CHECKPOINT_NAME, CONFIG_FILE
@@ -52,37 +53,40 @@ def stale_files(directory: str) -> List[str]:
     staging folders and the ``.tmp`` files of atomic writes."""
     patterns = (f"{CHECKPOINT_NAME}-*_temp", f"{INDEX_FILE}.tmp*", f"{CONFIG_FILE}.tmp",
                 f"{LOSSES_FILE}.tmp")
-    return sorted(p for pattern in patterns for p in glob.glob(os.path.join(directory, pattern)))
+    return sorted(p for pattern in patterns for p in gfile.glob(os.path.join(directory, pattern)))
 
 
 def remove_stale(directory: str) -> None:
     for path in stale_files(directory):
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        elif os.path.exists(path):
-            os.remove(path)
+        _remove(path)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(tf.errors.OpError):  # gone already
+        if gfile.isdir(path):
+            gfile.rmtree(path)
+        elif gfile.exists(path):
+            gfile.remove(path)
 
 
 def _remove_checkpoint(prefix: str) -> None:
-    for path in glob.glob(glob.escape(prefix) + ".*"):
-        os.remove(path)
-    shutil.rmtree(prefix + "_temp", ignore_errors=True)
+    for path in gfile.glob(glob.escape(prefix) + ".*") + [prefix + "_temp"]:
+        _remove(path)
 
 
 def _write_atomically(path: str, text: str) -> None:
     tmp = path + ".tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with gfile.GFile(tmp, "w") as f:
             f.write(text)
-        os.replace(tmp, path)
+        gfile.rename(tmp, path, overwrite=True)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove(tmp)
 
 
 def listed(directory: str) -> List[Saved]:
     """The checkpoints the index file of ``directory`` lists, oldest first."""
-    state = tf.train.get_checkpoint_state(directory) if os.path.isdir(directory) else None
+    state = tf.train.get_checkpoint_state(directory) if gfile.isdir(directory) else None
     names = [os.path.basename(p) for p in (state.all_model_checkpoint_paths if state else [])]
     if state and state.model_checkpoint_path and \
             os.path.basename(state.model_checkpoint_path) not in names:
@@ -95,9 +99,9 @@ def listed(directory: str) -> List[Saved]:
 
 def _read_losses(directory: str) -> Dict[str, float]:
     try:
-        with open(os.path.join(directory, LOSSES_FILE), encoding="utf-8") as f:
+        with gfile.GFile(os.path.join(directory, LOSSES_FILE)) as f:
             raw = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, tf.errors.OpError):
         return {}  # absent (a run of an older metaseg) or unreadable: rotate by age only
     return {k: float(v) for k, v in raw.items() if isinstance(v, (int, float))} \
         if isinstance(raw, dict) else {}
@@ -133,7 +137,7 @@ class Saver:
         new = Saved(prefix, iteration, float(loss))
         kept = to_keep([s for s in before if s.iteration != iteration] + [new], self.keep)
         try:
-            os.makedirs(self.directory, exist_ok=True)
+            gfile.makedirs(self.directory)
             self.checkpoint.write(prefix)
             self._write_index(kept)
         except BaseException as e:  # a full disk, or Ctrl-C: leave nothing half-written
