@@ -61,7 +61,8 @@ def run_command(command, checkpoint, shards, tmp_path):
         out = None  # its --output folder is metaseg adapt's own business (metaseg.cli)
         args = [*python, "-m", "metaseg", "adapt", "--init", str(checkpoint),
                 "--support", str(images(tmp_path / "support", 2, masks=True)),
-                "--query", str(images(tmp_path / "query", 1)), "--output", str(tmp_path / "adapted")]
+                "--query", str(images(tmp_path / "query", 1)),
+                "--output", str(tmp_path / "adapted")]
     elif command == "info":
         out, args = None, [*python, "-m", "metaseg", "info", str(checkpoint)]
     else:
