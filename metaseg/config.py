@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Optional, Tuple
 
@@ -33,6 +34,20 @@ def _require(condition: bool, message: str) -> None:
 
 def _positive(value, flag: str) -> None:
     _require(value > 0, f"{flag} must be positive, got {value}")
+
+
+# Float settings whose flag is spelt with dashes; every other one is --<field name>.
+_DASHED_FLAGS = {"learning_rate": "--learning-rate", "weight_decay": "--weight-decay",
+                 "meta_step": "--meta-step", "meta_step_final": "--meta-step-final"}
+
+
+def _finite_floats(config) -> None:
+    """No float setting may be nan or inf (``--learning-rate inf`` passes "positive")."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = _DASHED_FLAGS.get(field.name, f"--{field.name}")
+            raise ConfigError(f"{flag} must be a finite number, got {value}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +114,7 @@ class ModelConfig:
     mixed_precision: str = "fp32"
 
     def __post_init__(self):
+        _finite_floats(self)
         _require(self.feature_extractor_name in BACKBONES,
                  f"--feature_extractor_name must be one of {BACKBONES}, "
                  f"got {self.feature_extractor_name!r}")
@@ -137,6 +153,7 @@ class InnerConfig:
     jit_compile: bool = False
 
     def __post_init__(self):
+        _finite_floats(self)
         _positive(self.learning_rate, "--learning-rate")
         _require(self.learning_rate_scheduler in SCHEDULES,
                  f"--learning_rate_scheduler must be one of {SCHEDULES}, "
@@ -180,6 +197,7 @@ class MetaConfig:
     seed: int = 0
 
     def __post_init__(self):
+        _finite_floats(self)
         _require(self.algorithm in ALGORITHMS,
                  f"meta algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         for value, flag in ((self.meta_iters, "--meta-iters"), (self.meta_batch, "--meta-batch"),
@@ -291,6 +309,7 @@ class UHOConfig:
     estimator: str = "GP"
 
     def __post_init__(self):
+        _finite_floats(self)
         _require(self.estimator == "GP", f"--uho_estimator must be 'GP', got {self.estimator!r}")
         _require(bool(self.results_csv_name), "--uho_results_csv_name must not be empty")
         _require(self.min_steps >= 0, f"--min_steps must be >= 0, got {self.min_steps}")
