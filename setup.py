@@ -14,7 +14,9 @@ setup(
     packages=find_packages(include=["metaseg", "metaseg.*", "flags", "data_tools"]),
     py_modules=["run_metasegnet"],
     package_data={"metaseg.resources": ["*.txt", "*.tsv", "*.md"],
-                  "metaseg.app": ["static/*"]},
+                  "metaseg.app": ["static/*"],
+                  # presets shipped by name (metaseg.presets): config, weights, metadata
+                  "metaseg": ["shipped_presets/*/*.json", "shipped_presets/*/*.h5"]},
     install_requires=[
         "tensorflow>=2.16,<2.22",
         "keras>=3.10",

@@ -4,6 +4,7 @@
     metaseg predict --model DIR --input DIR --output DIR
     metaseg export  --model DIR --format keras|saved_model --output PATH
     metaseg info    CHECKPOINT
+    metaseg preset  save SRC DIR | list
     metaseg app     [--init CHECKPOINT] [--images DIR] [--workdir DIR] [--port 8765]
 
 A user mistake (bad flag, folder, image, mask or checkpoint) ends in one ``error: ...`` line
@@ -91,14 +92,15 @@ def _common_options() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand. Imports no TensorFlow: the subcommand modules import
     it in their ``run``, so ``--help`` and a mistyped flag answer at once."""
-    from metaseg.cli import adapt, export, info, predict  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from metaseg.cli import adapt, export, info, predict, preset
     from metaseg.app import command as app  # pylint: disable=import-outside-toplevel
     common = _common_options()
     parser = _Parser(prog="metaseg",
                      description="Segment your own images with a meta-learned initialisation.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                        parser_class=_Parser)
-    for module in (adapt, predict, export, info, app):
+    for module in (adapt, predict, export, info, app, preset):
         module.add_parser(subparsers, [common])
     parser.subcommands = dict(subparsers.choices)
     return parser

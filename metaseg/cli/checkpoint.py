@@ -1,10 +1,12 @@
 """Opening the checkpoints ``metaseg`` accepts, and saving adapted models.
 
-Three kinds of folder are accepted wherever a checkpoint is asked for:
+Four kinds of folder are accepted wherever a checkpoint is asked for:
 
 * a metaseg checkpoint (what meta-training, ``--save_fine_tuned_checkpoints`` or
   ``metaseg adapt`` wrote): ``model.ckpt-*`` plus ``config.json``, which rebuilds the model;
 * the output folder of ``metaseg adapt`` (its ``model/`` subfolder is used);
+* a preset (``metaseg.presets``): a folder of ``config.json``, ``model.weights.h5`` and
+  ``metadata.json``, or the name of one shipped with metaseg (``metaseg preset list``);
 * an authors' TF1 checkpoint folder (no ``config.json``): the architecture is read from the
   variable names (backbone, ``--rsd`` blocks, ASPP, skip decoder) and everything else is the
   published evaluation setting of REFERENCE.md section 10 (224 px, SGD at 0.0005, 59 steps,
@@ -24,6 +26,7 @@ from absl import logging
 
 from metaseg.config import DataConfig, EvalConfig, InnerConfig, MetaConfig, ModelConfig, \
     RunConfig
+from metaseg import presets
 from metaseg.errors import CheckpointError
 from metaseg.meta import checkpoints
 from metaseg.models import is_tf1_checkpoint, load_tf1_checkpoint
@@ -34,7 +37,7 @@ ADAPTATION_FILE = "adaptation.json"  # how an adapted model was made, beside con
 # Where UHO's chosen values are looked up in config.json: these keys at the top level, then
 # inside the "uho" section. Absent keys fall back to eval.eval_iters / inner.learning_rate.
 UHO_LEARNING_RATE, UHO_STEPS = "uho_learning_rate", "uho_steps"
-METASEG, TF1 = "metaseg", "tf1"
+METASEG, TF1, PRESET = "metaseg", "tf1", "preset"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +45,11 @@ class Source:
     """A checkpoint folder and what is known about it."""
 
     directory: str       # the folder (or TF1 prefix) the weights are read from
-    kind: str            # METASEG or TF1
+    kind: str            # METASEG, TF1 or PRESET
     config: RunConfig    # rebuilds the model; for TF1, the published setting
     raw: dict            # config.json as stored ({} for TF1)
     adaptation: Optional[dict] = None  # adaptation.json of a model ``metaseg adapt`` wrote
+    preset: Optional[presets.Preset] = None  # for PRESET: its files, read and checked
 
 
 def published_config(model: ModelConfig) -> RunConfig:
@@ -84,8 +88,14 @@ def config_from_dict(raw: dict, where: str) -> RunConfig:
 
 def open_checkpoint(path: str, flag: str) -> Source:
     """Identify ``path`` (see the module docstring); CheckpointError for anything else."""
+    presets.refuse_handle(path)  # kaggle:// and hf:// handles: one line, nothing downloaded
     if not os.path.exists(path) and not tf.io.gfile.exists(path + ".index"):
-        raise CheckpointError(f"{flag} {path} does not exist")
+        preset = presets.find(path)  # the name of a shipped preset
+        if preset is not None:
+            return _preset_source(preset)
+        names = ", ".join(presets.shipped()) or "none"
+        raise CheckpointError(f"{flag} {path} does not exist (nor is it a shipped preset: "
+                              f"{names})")
     inner = os.path.join(path, ADAPTED_SUBDIR)
     if not checkpoints.is_metaseg_checkpoint(path) and checkpoints.is_metaseg_checkpoint(inner):
         path = inner
@@ -99,10 +109,30 @@ def open_checkpoint(path: str, flag: str) -> Source:
         return Source(path, METASEG, config_from_dict(raw, path), raw, adaptation)
     if is_tf1_checkpoint(path):
         return Source(path, TF1, published_config(tf1_model_config(path)), {})
+    preset = presets.find(path)
+    if preset is not None:
+        return _preset_source(preset)
     raise CheckpointError(
         f"{flag} {path} is not a checkpoint metaseg knows: expected a folder meta-training "
-        "wrote (model.ckpt-* and config.json), the --output folder of metaseg adapt, or an "
-        "authors' TF1 checkpoint folder")
+        "wrote (model.ckpt-* and config.json), the --output folder of metaseg adapt, a "
+        "preset (config.json, model.weights.h5, metadata.json), or an authors' TF1 "
+        "checkpoint folder")
+
+
+def _preset_source(preset: presets.Preset) -> Source:
+    where = os.path.join(preset.directory, presets.CONFIG_FILE)
+    return Source(preset.directory, PRESET, config_from_dict(preset.config, where),
+                  preset.config, preset=preset)
+
+
+def iteration_of(source: Source) -> Optional[int]:
+    """The meta-iteration (or adaptation step) the weights were saved at; None for TF1."""
+    if source.kind == PRESET:
+        return source.preset.metadata.get("training", {}).get("meta_iterations")
+    if source.kind != METASEG:
+        return None
+    reader = tf.train.load_checkpoint(checkpoints.latest(source.directory))
+    return int(reader.get_tensor(checkpoints.ITERATION_KEY))
 
 
 def _read_json(path: str) -> Optional[dict]:
@@ -130,6 +160,8 @@ def build_and_restore(source: Source) -> keras.Model:
     model = pipeline.build(dataclasses.replace(source.config, model=model_config))
     if source.kind == METASEG:
         checkpoints.restore_weights(model, source.directory)
+    elif source.kind == PRESET:
+        presets.load_weights(model, source.preset)
     else:
         load_tf1_checkpoint(model, source.directory)
     logging.info("Restored %s checkpoint %s", source.kind, source.directory)

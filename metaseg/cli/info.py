@@ -25,7 +25,8 @@ HELP = "describe a checkpoint: architecture, image size, training, stored UHO va
 def add_parser(subparsers, parents) -> None:
     p = subparsers.add_parser("info", parents=parents, help=HELP, description=HELP)
     p.add_argument("checkpoint", metavar="CHECKPOINT",
-                   help="metaseg checkpoint folder, metaseg adapt output, or TF1 checkpoint")
+                   help="metaseg checkpoint folder, metaseg adapt output, TF1 checkpoint, "
+                        "or preset (folder or shipped name)")
     p.set_defaults(run=run)
 
 
@@ -106,10 +107,32 @@ def _tf1_lines(source: checkpoint.Source) -> List[Tuple[str, str]]:
     ]
 
 
+def _preset_lines(source: checkpoint.Source) -> List[Tuple[str, str]]:
+    from metaseg import presets
+    m, config, meta = source.preset.metadata, source.config, source.config.meta
+    weights = m.get("weights", {})
+    return [
+        ("checkpoint", f"{source.directory} (metaseg preset {source.preset.name}, format "
+                       f"{m.get('format_version')}, metaseg {m.get('metaseg_version')})"),
+        ("what", m.get("description") or "preset"),
+        ("trained on", m.get("trained_on", "not recorded")),
+        ("architecture", f"{architecture(config)}; {weights.get('count', 0):,} weights in "
+                         f"{presets.WEIGHTS_FILE} ({weights.get('stored_as', '')})"),
+        ("image size", f"{config.data.image_size} px"),
+        ("meta-training", f"{m.get('training', {}).get('how', '-')}, meta-batch "
+                          f"{meta.meta_batch}, {meta.train_shots} train shots, meta step "
+                          f"{meta.meta_step:g} -> {meta.meta_step_final:g}, seed {meta.seed}"),
+        ("inner loop", inner_loop(config, meta.inner_iters, meta.inner_batch)),
+        ("evaluation", f"{config.eval.shots} shots, "
+                       + inner_loop(config, config.eval.eval_iters, config.eval.eval_batch)),
+    ]
+
+
 def describe(source: checkpoint.Source) -> List[Tuple[str, str]]:
     """[(key, value)] describing ``source``."""
     from metaseg.cli import checkpoint
-    lines = _metaseg_lines(source) if source.kind == checkpoint.METASEG else _tf1_lines(source)
+    lines = {checkpoint.METASEG: _metaseg_lines, checkpoint.PRESET: _preset_lines}.get(
+        source.kind, _tf1_lines)(source)
     lr, steps = checkpoint.uho_values(source.raw)
     if lr is None and steps is None:
         uho = "none stored (metaseg adapt uses the evaluation steps and learning rate)"
