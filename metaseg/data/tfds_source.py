@@ -60,14 +60,17 @@ def _first_line(error: Exception) -> str:
 def quiet_tfds():
     """Hide tfds's warnings (e.g. that a dataset is not prepared yet: the caller says so, in
     one line, if it matters)."""
-    from absl import logging  # pylint: disable=import-outside-toplevel
+    import logging  # pylint: disable=import-outside-toplevel
 
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)
+    # absl's logger itself, not absl.logging.set_verbosity: restoring a verbosity would
+    # leave the logger's level set where it was NOTSET (following the root logger's).
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logging.set_verbosity(verbosity)
+        absl_logger.setLevel(level)
 
 
 def make_builder(dataset: str, data_dir: Optional[str]):
