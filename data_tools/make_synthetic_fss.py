@@ -17,7 +17,7 @@ import time
 
 from absl import app, flags, logging
 
-from metaseg.errors import ConfigError, exit_on_error
+from metaseg.errors import ConfigError, DataError, exit_on_error
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "Directory to write the shards and split files to.")
@@ -65,11 +65,16 @@ def main(argv):
 
     start = time.monotonic()
     bar = _progress(FLAGS.num_classes)
-    names = synthetic.write_benchmark(
-        FLAGS.output_dir, num_classes=FLAGS.num_classes,
-        examples_per_class=FLAGS.examples_per_class, image_size=FLAGS.image_size,
-        seed=FLAGS.seed, num_workers=FLAGS.num_workers, overwrite=FLAGS.overwrite,
-        progress=bar.update)
+    try:
+        names = synthetic.write_benchmark(
+            FLAGS.output_dir, num_classes=FLAGS.num_classes,
+            examples_per_class=FLAGS.examples_per_class, image_size=FLAGS.image_size,
+            seed=FLAGS.seed, num_workers=FLAGS.num_workers, overwrite=FLAGS.overwrite,
+            progress=bar.update)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers are stopped by now
+        raise DataError(f"interrupted: {FLAGS.output_dir} holds no complete benchmark (no "
+                        f"{synthetic.MARKER_FILE}); rerun with --overwrite to generate it") \
+            from None
     num_test = len(synthetic.test_class_names(FLAGS.num_classes, FLAGS.seed))
     print(f"wrote {len(names)} classes ({len(names) - num_test} train, {num_test} test) x "
           f"{FLAGS.examples_per_class} images at {FLAGS.image_size} px to {FLAGS.output_dir} "

@@ -9,9 +9,7 @@ written last, so a directory holding it is complete; an interrupted run leaves n
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import multiprocessing
 import os
 import time
 from typing import Callable, List, Optional
@@ -22,6 +20,7 @@ from metaseg.config import default_cache_dir
 from metaseg.data.shards import SHARD_SUFFIX, write_shard, write_text_atomic
 from metaseg.data.synthetic import catalog as cat
 from metaseg.data.synthetic.render import render_class
+from metaseg.data.worker_pool import run_in_processes
 from metaseg.errors import ConfigError, DataError
 
 MARKER_FILE = "synthetic_benchmark.json"
@@ -69,7 +68,10 @@ def _clear_previous(output_dir: str, names: List[str], overwrite: bool) -> None:
                         f"benchmark (e.g. {foreign[0]}); they are left alone: choose an empty "
                         "--output_dir")
     # The marker goes first: from here on the directory no longer claims to be complete.
-    for stale in [MARKER_FILE, TRAIN_SPLIT_FILE, TEST_SPLIT_FILE] + foreign:
+    # Then the temporary files of a killed earlier run (hidden, named after our shards).
+    unfinished = [f for f in entries if f.startswith(".") and f.endswith(".tmp")
+                  and f[1:].split(SHARD_SUFFIX)[0] + SHARD_SUFFIX in wanted]
+    for stale in [MARKER_FILE, TRAIN_SPLIT_FILE, TEST_SPLIT_FILE] + foreign + unfinished:
         if stale in entries:
             os.remove(os.path.join(output_dir, stale))
 
@@ -93,18 +95,15 @@ def _run_jobs(jobs: List[tuple], num_workers: int,
             if progress:
                 progress(done)
         return
-    # spawn, not fork: the parent has TensorFlow loaded and its threads do not survive fork.
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
-        futures = [pool.submit(_write_class, *job) for job in jobs]
-        try:
-            for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
-                future.result()
-                if progress:
-                    progress(done)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    finished = [0]
+
+    def done(_name):
+        finished[0] += 1
+        if progress:
+            progress(finished[0])
+
+    # Workers die with this process and leave no temporary file (worker_pool).
+    run_in_processes(_write_class, jobs, num_workers, done)
 
 
 def _parameters(num_classes, examples_per_class, image_size, seed) -> dict:
