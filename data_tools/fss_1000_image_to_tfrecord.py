@@ -25,7 +25,12 @@ Departures from the original converter, all deliberate:
 
 from __future__ import annotations
 
-import concurrent.futures
+if __name__ == "__main__":  # before the imports below load TensorFlow: no start-up chatter
+    from metaseg.quiet import import_tensorflow
+
+    import_tensorflow()
+
+import concurrent.futures  # pylint: disable=wrong-import-position
 import dataclasses
 import os
 import tempfile
@@ -36,6 +41,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from absl import app, flags, logging
 
+from flags.argv import parse_flags_or_exit
 from metaseg.data import image_io
 from metaseg.data.image_lists import ImageList
 from metaseg.data.shards import SHARD_SUFFIX, ShardWriteError, resize_examples, write_shard
@@ -328,4 +334,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags_or_exit)  # flag errors: one line, exit 2

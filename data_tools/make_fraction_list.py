@@ -18,6 +18,7 @@ import os
 
 from absl import app, flags, logging
 
+from flags.argv import parse_flags_or_exit
 from metaseg.errors import ConfigError, DataError, exit_on_error
 
 
@@ -75,4 +76,4 @@ if __name__ == "__main__":
     # TF_NUM_*_THREADS in one line)
     exit_on_error(import_tensorflow)()
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags_or_exit)  # flag errors: one line, exit 2

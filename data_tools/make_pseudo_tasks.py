@@ -21,6 +21,7 @@ import time
 
 from absl import app, flags
 
+from flags.argv import parse_flags_or_exit
 from metaseg.errors import ConfigError, exit_on_error
 
 
@@ -98,4 +99,4 @@ if __name__ == "__main__":
     # before the flag defaults import it: errors stay one line (a bad TF_NUM_*_THREADS too)
     exit_on_error(import_tensorflow)()
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags_or_exit)  # flag errors: one line, exit 2

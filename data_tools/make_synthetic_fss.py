@@ -17,6 +17,7 @@ import time
 
 from absl import app, flags, logging
 
+from flags.argv import parse_flags_or_exit
 from metaseg.errors import ConfigError, DataError, exit_on_error
 
 FLAGS = flags.FLAGS
@@ -61,7 +62,10 @@ def main(argv):
         raise ConfigError("--output_dir is required")
     if FLAGS.num_workers is not None and FLAGS.num_workers < 1:
         raise ConfigError(f"--num_workers must be at least 1, got {FLAGS.num_workers}")
-    from metaseg.data import synthetic  # after flag checks: importing it loads TensorFlow
+    from metaseg.quiet import import_tensorflow
+
+    import_tensorflow()  # after flag checks, without TensorFlow's start-up chatter
+    from metaseg.data import synthetic  # pylint: disable=import-outside-toplevel
 
     start = time.monotonic()
     bar = _progress(FLAGS.num_classes)
@@ -82,4 +86,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags_or_exit)  # flag errors: one line, exit 2

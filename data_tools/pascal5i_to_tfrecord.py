@@ -31,6 +31,7 @@ import time
 
 from absl import app, flags
 
+from flags.argv import parse_flags_or_exit
 from metaseg.errors import ConfigError, exit_on_error
 
 
@@ -103,4 +104,4 @@ if __name__ == "__main__":
     # TF_NUM_*_THREADS in one line)
     exit_on_error(import_tensorflow)()
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags_or_exit)  # flag errors: one line, exit 2
