@@ -17,6 +17,11 @@ installed to start); ``run_metasegnet.py --dataset tfds:NAME[/CONFIG]
 --tfds_data_dir DIR`` meta-trains on it.
 """
 
+from metaseg.quiet import import_tensorflow
+
+import_tensorflow()  # before tensorflow_datasets imports it: no C++ start-up lines on stderr
+
+# pylint: disable=wrong-import-position
 from metaseg.tfds.fss1000 import Fss1000
 from metaseg.tfds.pascal5i import Pascal5i
 from metaseg.tfds.synthetic import MetasegSynthetic

@@ -12,13 +12,22 @@ import os
 import sys
 from typing import List, Optional
 
-from metaseg.errors import ConfigError, DataError, exit_on_error
+from metaseg.errors import EXIT_USER_ERROR, ConfigError, DataError, exit_on_error
 from metaseg.quiet import import_tensorflow
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one ``error:`` line and exit code 2 for a bad command line."""
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr,
+              flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m metaseg.tfds", description=__doc__.split(
-        "\n\n")[0])
+    parser = _Parser(prog="python -m metaseg.tfds", allow_abbrev=False,
+                     description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", metavar="NAME[/CONFIG]",
                         help="metaseg_synthetic/tiny, fss1000, pascal5i/fold0, ...")
     parser.add_argument("--data_dir", help="where to build (default: tfds's data directory)")

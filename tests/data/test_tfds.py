@@ -194,6 +194,10 @@ def test_fss1000_manual_dir_without_the_layout_is_one_line(tmp_path):
     assert lines[0].startswith("error: fss1000 needs --manual_dir: FSS-1000 is not "
                                "downloaded automatically. Get it from "
                                "https://github.com/HKUSTCV/FSS-1000"), lines
+    done = _module_command("fss1000", "--manual-dir", str(wrong))  # a mistyped flag
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "error: python -m metaseg.tfds: unrecognized arguments: --manual-dir "
+        f"{wrong} (see python -m metaseg.tfds --help)"], done.stderr[-3000:]
 
 
 # --- PASCAL-5i: the converter's reader, one config per fold ------------------------------
