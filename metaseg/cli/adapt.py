@@ -163,7 +163,7 @@ def adaptation_record(source, pairs, *, steps: int, learning_rate: float, size: 
 
 def run(args: argparse.Namespace) -> int:
     # pylint: disable=import-outside-toplevel,redefined-outer-name
-    from metaseg.cli import checkpoint, folders, segment
+    from metaseg.cli import checkpoint, folders, output, segment
     source = checkpoint.open_checkpoint(args.init, "--init")
     size = check_image_size(args.image_size or source.config.data.image_size)
     steps, learning_rate, origin = hyperparameters(source, args.steps, args.learning_rate)
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     pairs = folders.support_pairs(args.support)
     queries = folders.query_images(args.query)
     images, masks = folders.read_support(pairs, size)
-    folders.prepare_output(args.output, args.overwrite)
+    output.prepare_folder(args.output, args.overwrite)
     logging.info("Adapting %s (%s) on %d support pairs at %d px: %d steps at learning rate "
                  "%g (%s)", source.directory, source.kind, len(pairs), size, steps,
                  learning_rate, origin)

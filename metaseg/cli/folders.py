@@ -1,4 +1,5 @@
-"""Reading the user's image folders: query images, support image/mask pairs, the output folder.
+"""Reading the user's image folders: query images and support image/mask pairs (where the
+commands write: ``metaseg.cli.output``).
 
 Support folders come in two layouts: flat, with ``x.jpg`` (any non-PNG image format) beside
 its mask ``x.png``; or ``images/`` and ``masks/`` subfolders whose files pair by name stem
@@ -158,13 +159,3 @@ def read_support(pairs, image_size: int):
             logging.warning("Support mask %s is empty (all background)", mask_path)
     return (np.stack(images).astype(np.float32),
             np.asarray(mask_to_two_channel(np.stack(masks)), np.float32))
-
-
-def prepare_output(directory: str, overwrite: bool) -> None:
-    """Refuse a non-empty output folder unless ``overwrite``; create it otherwise."""
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise DataError(f"output {directory} exists and is not a folder; choose another --output")
-    if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
-        raise DataError(f"output folder {directory} is not empty; choose another --output or "
-                        "pass --overwrite (files of the same names are then replaced)")
-    os.makedirs(directory, exist_ok=True)

@@ -27,12 +27,13 @@ def add_parser(subparsers, parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metaseg.cli import checkpoint, folders, segment  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from metaseg.cli import checkpoint, folders, output, segment
     if args.batch_size <= 0:
         raise ConfigError(f"--batch_size must be positive, got {args.batch_size}")
     source = checkpoint.open_checkpoint(args.model, "--model")
     paths = folders.query_images(args.input, "--input")
-    folders.prepare_output(args.output, args.overwrite)
+    output.prepare_folder(args.output, args.overwrite)
     size = source.config.data.image_size
     model = checkpoint.build_and_restore(source)
     logging.info("Segmenting %d images from %s at %d px", len(paths), args.input, size)

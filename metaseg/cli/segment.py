@@ -19,6 +19,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
+from metaseg.cli import output as output_files
 from metaseg.cli.folders import decode_image
 from metaseg.errors import DataError
 from metaseg.evaluation.predictions import overlay
@@ -81,10 +82,17 @@ class Segmenter(tf.Module):
         return {"masks": to_mask(probability), "probabilities": probability}
 
 
+def save_png(array: np.ndarray, path: str) -> None:
+    """Write ``array`` (uint8 [H, W] or [H, W, 3]) as a PNG that appears under ``path`` only
+    when complete (``output.replaced``); DataError naming ``path`` if it cannot be written."""
+    with output_files.replaced(path) as temporary:
+        Image.fromarray(array).save(temporary, format="PNG")
+
+
 def _write(output: str, path: str, image: np.ndarray, mask: np.ndarray) -> None:
     stem = os.path.splitext(os.path.basename(path))[0] + ".png"
-    Image.fromarray(mask).save(os.path.join(output, MASKS_SUBDIR, stem))
-    Image.fromarray(overlay(image, mask > 0)).save(os.path.join(output, OVERLAYS_SUBDIR, stem))
+    save_png(mask, os.path.join(output, MASKS_SUBDIR, stem))
+    save_png(overlay(image, mask > 0), os.path.join(output, OVERLAYS_SUBDIR, stem))
 
 
 def segment_files(segmenter: Segmenter, paths: Sequence[str], output: str,
@@ -92,11 +100,12 @@ def segment_files(segmenter: Segmenter, paths: Sequence[str], output: str,
     """Write ``<output>/masks/<stem>.png`` and ``<output>/overlays/<stem>.png`` per image.
 
     Images are decoded and predicted ``batch_size`` at a time. An image that cannot be
-    decoded is logged and skipped; returns [(path, reason)] of those.
+    decoded is logged and skipped; returns [(path, reason)] of those. A file that cannot be
+    written (a full disk) stops the run with a DataError; no partial file is left.
     """
     for sub in (MASKS_SUBDIR, OVERLAYS_SUBDIR):
-        os.makedirs(os.path.join(output, sub), exist_ok=True)
-    failed = []
+        output_files.prepare_folder(os.path.join(output, sub), overwrite=True)
+    failed, written = [], 0
     tty = sys.stdout.isatty()
     progress = keras.utils.Progbar(len(paths), unit_name="image") if tty else None
     for start in range(0, len(paths), batch_size):
@@ -113,11 +122,12 @@ def segment_files(segmenter: Segmenter, paths: Sequence[str], output: str,
             for (path, image), probs in zip(decoded, tf.unstack(foreground)):
                 mask = to_mask(to_original_size(probs, image.shape[:2])).numpy()
                 _write(output, path, image, mask)
-        done = min(start + batch_size, len(paths))
+                written += 1
         if progress is not None:
-            progress.update(done)
+            progress.update(min(start + batch_size, len(paths)))
         else:
-            logging.info("Segmented %d/%d images", done, len(paths))
+            logging.info("Segmented %d/%d images%s", written, len(paths),
+                         f" ({len(failed)} could not be decoded)" if failed else "")
     return failed
 
 
