@@ -106,7 +106,11 @@ def _encoder(backbone: str, encoder_name: str):
         from metaseg.models.layers import ImageNetNormalization
 
         weights = IMAGENET if backbone == IMAGENET else None
-        return ImageNetNormalization(name="normalize"), build_encoder(encoder_name, weights)
+        offline = ("copy {file} into {cache} (set KERAS_HOME to choose the folder), or pass "
+                   "--backbone with a metaseg or TF1 checkpoint directory (e.g. a meta-trained "
+                   "run); --backbone random or pixels need no weights but cluster poorly")
+        return ImageNetNormalization(name="normalize"), build_encoder(
+            encoder_name, weights, flag="--backbone imagenet", offline_choices=offline)
     return _encoder_from_checkpoint(backbone, encoder_name)
 
 

@@ -15,13 +15,14 @@ application's layers from ``stem_conv_pad`` up to the last block of stride 16, s
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Dict, List, Optional
 
 import keras
 from absl import logging
 
-from metaseg.errors import ConfigError
+from metaseg.errors import ConfigError, DataError
 from metaseg.models.batch_norm import FusedBatchNormalization
 
 # --feature_extractor_name -> keras.applications constructor (looked up at build time).
@@ -31,6 +32,12 @@ LAST_STAGE = 5  # Keras stage 5 ends the stride-16 part (B0 112 channels, B3 136
 # Keras stage whose last block is each reduction's endpoint (stage 4 is also stride 16).
 REDUCTION_STAGES = {1: 1, 2: 2, 3: 3, 4: LAST_STAGE}
 DROP_CONNECT_RATE = 0.2
+WEIGHTS_ORIGIN = "https://storage.googleapis.com/keras-applications/"  # Keras' download site
+# What run_metasegnet.py users can do without the network ({file}, {cache}: where Keras
+# looks for the weights file before downloading it).
+OFFLINE_CHOICES = ("copy {file} into {cache} (set KERAS_HOME to choose the folder), pass "
+                   "--restore_efficient_net_weights_from with a TF1 EfficientNet checkpoint, "
+                   "or leave --backbone_weights unset (random initialisation)")
 _BLOCK_RE = re.compile(r"^block(\d+)([a-z])_")
 
 
@@ -113,14 +120,53 @@ def _set_stochastic_depth(encoder: keras.Model, prefixes: List[str]) -> None:
         layer.rate = DROP_CONNECT_RATE * idx / len(prefixes)
 
 
+def weights_file(backbone: str) -> str:
+    """The name of the ImageNet weights file Keras downloads for ``backbone``."""
+    return _APPLICATIONS[backbone].lower() + "_notop.h5"
+
+
+def weights_cache_dir() -> str:
+    """Where Keras keeps downloaded weights (and looks for them first)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(home, "models")
+
+
+def _is_download_failure(error: Exception) -> bool:
+    """Keras' failed download (a bare Exception "URL fetch failure ..."), a network or file
+    error, or a download that arrived corrupt."""
+    text = str(error)
+    return (text.startswith("URL fetch failure") or isinstance(error, OSError)
+            or (isinstance(error, ValueError) and "corrupted file" in text))
+
+
+def _imagenet_application(constructor, backbone: str, flag: str, offline_choices: str):
+    """``constructor(weights="imagenet")``; a failed download is one DataError line."""
+    try:
+        return constructor(include_top=False, weights="imagenet", input_shape=(None, None, 3))
+    except Exception as e:  # pylint: disable=broad-except  # Keras raises bare Exception
+        if not _is_download_failure(e):
+            raise
+        reason = " ".join(str(e).split("-- ")[-1].split()) or type(e).__name__
+        file, cache = weights_file(backbone), weights_cache_dir()
+        raise DataError(
+            f"{flag} needs Keras' ImageNet weights for {backbone} ({file}, downloaded from "
+            f"{WEIGHTS_ORIGIN} the first time and then kept in {cache}), and getting them "
+            f"failed: {reason}. This needs the network once; offline, "
+            + offline_choices.format(file=file, cache=cache)) from None
+
+
 def build_encoder(backbone: str = "efficientnet-b0", weights: Optional[str] = None,
-                  name: Optional[str] = None) -> keras.Model:
+                  name: Optional[str] = None, *, flag: str = "--backbone_weights imagenet",
+                  offline_choices: str = OFFLINE_CHOICES) -> keras.Model:
     """Truncated EfficientNet as a functional model.
 
     Args:
       backbone: "efficientnet-b0" or "efficientnet-b3".
       weights: None (random init) or "imagenet" (downloaded by Keras when asked).
       name: model name; default "efficientnet_b0" / "efficientnet_b3".
+      flag, offline_choices: how the user asked for ImageNet weights and what they can do
+        without the network (``{file}``, ``{cache}`` filled in), for the one-line DataError
+        raised when the weights cannot be downloaded.
     Returns:
       keras.Model mapping ImageNet-normalised images float32 [N, H, W, 3] (H, W multiples
       of 16) to a dict ``reduction_1`` .. ``reduction_4``: the last block outputs at
@@ -134,7 +180,10 @@ def build_encoder(backbone: str = "efficientnet-b0", weights: Optional[str] = No
         logging.info("Building %s with ImageNet weights (Keras downloads them once).",
                      backbone)
     constructor = getattr(keras.applications, _APPLICATIONS[backbone])
-    app = constructor(include_top=False, weights=weights, input_shape=(None, None, 3))
+    if weights:
+        app = _imagenet_application(constructor, backbone, flag, offline_choices)
+    else:
+        app = constructor(include_top=False, weights=None, input_shape=(None, None, 3))
     prefixes = block_prefixes(app.layers)
     endpoints = {f"reduction_{r}": _block_output_name(app, _stage_end(prefixes, stage))
                  for r, stage in REDUCTION_STAGES.items()}
