@@ -6,6 +6,7 @@ users are promised. Entry points call :func:`import_tensorflow` first, which als
 TensorFlow's thread pools (``metaseg.threads``) before anything runs.
 """
 
+import contextlib
 import os
 import sys
 
@@ -24,13 +25,23 @@ def _import(verbose: bool):
     if verbose or "tensorflow" in sys.modules:
         import tensorflow  # pylint: disable=import-outside-toplevel
         return tensorflow
+    with native_stderr_silenced():
+        import tensorflow  # pylint: disable=import-outside-toplevel
+    return tensorflow
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """File descriptor 2 sent to /dev/null for the duration: what C++ code writes there
+    (TensorFlow's start-up lines, the LiteRT converter's MLIR diagnostics, which its Python
+    exception repeats) is dropped. Python's own sys.stderr writes are dropped too."""
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        import tensorflow  # pylint: disable=import-outside-toplevel
+        yield
     finally:
+        sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-    return tensorflow
