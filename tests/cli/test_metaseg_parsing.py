@@ -35,7 +35,8 @@ ADAPT = ["adapt", "--init", "init", "--support", "support", "--query", "query",
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["adapt", "--help"], ["predict", "--help"],
-                                  ["export", "--help"], ["info", "--help"]])
+                                  ["export", "--help"], ["info", "--help"],
+                                  ["app", "--help"], ["preset", "--help"]])
 def test_help_imports_no_tensorflow(argv):
     out, _ = metaseg(*argv)
     assert out[0].startswith("usage: metaseg")
