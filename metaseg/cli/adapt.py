@@ -122,7 +122,7 @@ def adapt(source, images, masks, *, steps: int, learning_rate: float, seed: int,
         logging.warning("The checkpoint draws inner batches with --replacement: batches of %d "
                         "(the support pairs) instead of %d", len(images), batch_size)
         batch_size = len(images)
-    model = checkpoint.build_and_restore(source)
+    model = checkpoint.build_and_restore(source, image_size=int(images.shape[1]))
     adapter = Adapter(model, config.inner)
     x, y = make_inner_batches(
         tf.constant(images), tf.constant(masks), num_batches=steps, batch_size=batch_size,

@@ -151,13 +151,16 @@ def uho_values(raw: dict) -> Tuple[Optional[float], Optional[int]]:
     return (None if lr is None else float(lr)), (None if steps is None else int(steps))
 
 
-def build_and_restore(source: Source) -> keras.Model:
-    """The model of ``source.config`` with the checkpoint's weights (all of them)."""
+def build_and_restore(source: Source, image_size: Optional[int] = None) -> keras.Model:
+    """The model of ``source.config`` with the checkpoint's weights (all of them), built for
+    ``image_size`` (default: the checkpoint's; it matters to models built for one size)."""
     from metaseg import pipeline  # pylint: disable=import-outside-toplevel
     # The checkpoint supplies every weight: never download or read backbone weights.
     model_config = dataclasses.replace(source.config.model, backbone_weights=None,
                                        restore_efficient_net_weights_from=None)
-    model = pipeline.build(dataclasses.replace(source.config, model=model_config))
+    data = dataclasses.replace(source.config.data,
+                               image_size=image_size or source.config.data.image_size)
+    model = pipeline.build(dataclasses.replace(source.config, model=model_config, data=data))
     if source.kind == METASEG:
         checkpoints.restore_weights(model, source.directory)
     elif source.kind == PRESET:

@@ -1,6 +1,8 @@
 """keras-hub segmenters as --model_name choices, built offline from their configurations:
 meta-trained end to end by run_metasegnet.py (2 meta-iterations, 64 px, the tiny embedded
 benchmark), their logits wired the way the registry expects, and one-line refusals."""
+import os
+import subprocess
 import sys
 
 import keras
@@ -13,8 +15,11 @@ from metaseg.config import DataConfig, ModelConfig, RunConfig
 from metaseg.errors import ConfigError
 from metaseg.meta import checkpoints
 from metaseg.models import build_model
-from tests.cli.conftest import own_stderr_lines, run_script
+from tests.cli.conftest import own_stderr_lines, run_script, subprocess_env
+from tests.cli.test_export_formats import save_model_initialisation
+from tests.cli.test_metaseg_cli import write_queries, write_support
 from tests.cli.test_run_metasegnet import mean_iou_printed
+from tests.conftest import time_limit
 
 SIZE = 64
 HUB_MODELS = ("segformer_b0", "deeplabv3_hub")
@@ -88,3 +93,17 @@ def test_without_keras_hub_says_how_to_install(name, monkeypatch):
 def test_sized_models_need_the_image_size():
     with pytest.raises(ConfigError, match="built for one image size"):
         build_model(ModelConfig(model_name="segformer_b0"))
+
+
+def test_metaseg_adapt_rebuilds_a_sized_model_at_the_image_size_asked_for(tmp_path):
+    init = save_model_initialisation(tmp_path / "init", "segformer_b0")  # built at 64 px
+    support, query = write_support(tmp_path / "support"), write_queries(tmp_path / "query")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "metaseg", "adapt", "--init", str(init), "--support",
+         str(support), "--query", str(query), "--output", str(out), "--image_size", "96",
+         "--steps", "1"], capture_output=True, text=True, env=subprocess_env(),
+        timeout=time_limit(400))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert checkpoints.read_config(str(out / "model"))["data"]["image_size"] == 96
+    assert sorted(os.listdir(out / "masks")) == ["q1.png", "q2.png", "q3.png"]
