@@ -2,7 +2,7 @@
 
     metaseg adapt   --init CHECKPOINT --support DIR --query DIR --output DIR
     metaseg predict --model DIR --input DIR --output DIR
-    metaseg export  --model DIR --format keras|saved_model|litert|onnx --output PATH [--quantize int8|float16]
+    metaseg export  --model DIR --format keras|saved_model|litert|onnx --output PATH
     metaseg info    CHECKPOINT
     metaseg preset  save SRC DIR | list
     metaseg app     [--init CHECKPOINT] [--images DIR] [--workdir DIR] [--port 8765]
