@@ -74,6 +74,7 @@ def configure(tf, environ: Mapping[str, str] = os.environ) -> Tuple[int, int]:
                         "(wanted intra-op %d, inter-op %d)", intra, inter)
     used = (threading.get_intra_op_parallelism_threads(),
             threading.get_inter_op_parallelism_threads())
-    logging.info("TensorFlow threads: intra-op %d, inter-op %d (0 = TensorFlow's default; "
+    # Debug, not info: a user mistake must stay one line on stderr (--verbosity=1 shows it).
+    logging.debug("TensorFlow threads: intra-op %d, inter-op %d (0 = TensorFlow's default; "
                  "%s / %s override)", *used, INTRA_ENV, INTER_ENV)
     return used

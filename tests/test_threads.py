@@ -36,20 +36,20 @@ def test_bad_value_is_a_config_error_naming_the_variable(value):
         threads.thread_counts({"TF_NUM_INTEROP_THREADS": value}, cores=2)
 
 
-def _run(env_extra):
+def _run(env_extra, verbosity=0):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_NUM_")}
     env.update(env_extra, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
-        [sys.executable, "run_metasegnet.py", "--verbosity=0", "--data-dir",
+        [sys.executable, "run_metasegnet.py", f"--verbosity={verbosity}", "--data-dir",
          str(ROOT / "no_such_folder")], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=time_limit(300), check=False)
 
 
 def test_run_metasegnet_sizes_the_pools_by_the_rule_and_the_environment():
     rule = threads.default_threads(threads.usable_cores())
-    proc = _run({})
+    proc = _run({}, verbosity=1)  # the thread line is a debug line
     assert f"TensorFlow threads: intra-op {rule[0]}, inter-op {rule[1]}" in proc.stderr
-    proc = _run({"TF_NUM_INTRAOP_THREADS": "3"})
+    proc = _run({"TF_NUM_INTRAOP_THREADS": "3"}, verbosity=1)
     assert f"TensorFlow threads: intra-op 3, inter-op {rule[1]}" in proc.stderr
 
 
