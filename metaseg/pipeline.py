@@ -1,8 +1,15 @@
 """What ``run_metasegnet.py`` does, as a library function of a ``RunConfig``.
 
-The original's main: build the model, read the splits, meta-train (or restore with
-``--pretrained``), evaluate on the training tasks and then on the test (or validation)
-tasks, and write the results (REFERENCE.md section 7).
+The original's main (REFERENCE.md section 7), as named stages that ``run`` calls in order:
+
+1. :func:`prepare`: read the splits and task stores, build the seeded model and evaluator;
+2. :func:`meta_train_or_restore`: meta-train, or restore ``--checkpoint`` (``--pretrained``);
+3. :func:`search_update_hyperparameters`: UHO on the validation tasks (section 8);
+4. :func:`kshot_curves`: the FP-k learning curves instead of the usual evaluation (section 9);
+5. :func:`fine_tune_one_task`: ``--fine-tune-task``, adapt to one task and save it;
+6. :func:`final_evaluation`: the training and test (or validation) tasks, results written.
+
+(:func:`evaluate_random_init` scores the model as built, for ``--compare_random_init``.)
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from absl import logging
 
 from metaseg import distribute, presets
 from metaseg.config import QUERY_SIZE, RunConfig
-from metaseg.data import TaskStore, image_lists, list_tasks, make_splits, read_class_list
+from metaseg.data import (Splits, TaskStore, image_lists, list_tasks, make_splits,
+                          read_class_list)
 from metaseg.data.tasks import list_tfds_tasks
 from metaseg.errors import ConfigError, DataError, Interrupted
 from metaseg.evaluation import kshot
@@ -53,7 +61,7 @@ def resolve_data_dir(config: RunConfig) -> str:
         return config.data.dataset
     if config.data.dataset != "synthetic":
         raise ConfigError(f"no data: {QUICKSTART_HINT}")
-    from metaseg.data.synthetic import ensure_benchmark  # pylint: disable=import-outside-toplevel
+    from metaseg.datasets.synthetic import ensure_benchmark  # pylint: disable=C0415
     syn = config.synthetic
     return ensure_benchmark(syn.cache_dir, num_classes=syn.num_classes,
                             examples_per_class=syn.examples_per_class,
@@ -160,10 +168,52 @@ def interrupted_message(config: RunConfig) -> str:
 
 
 def _run(config: RunConfig, strategy) -> RunResult:
+    """The stages, in order: each takes what the earlier ones made and says what it makes."""
+    prepared = prepare(config, strategy)
+    random_init = evaluate_random_init(prepared)  # the model as built, before any weights
+    meta_train_or_restore(prepared)
+    prepared = search_update_hyperparameters(prepared)  # unchanged unless UHO is on
+    if config.kshot.enabled:  # the curves replace the usual evaluation
+        return kshot_curves(prepared)
+    if config.fine_tune_task:
+        return fine_tune_one_task(prepared)
+    return final_evaluation(prepared, random_init)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What the stages after :func:`prepare` work on: the run's config (UHO replaces it with
+    the values it found), the data, and the model with its evaluator."""
+
+    config: RunConfig
+    strategy: object  # a tf.distribute.Strategy
+    data_dir: str
+    splits: Splits  # the train / val / test task lists
+    train_store: TaskStore  # the training tasks (restricted by --train_list)
+    eval_store: TaskStore  # the test tasks, or the validation tasks with --eval_val_tasks
+    model: keras.Model  # built in the strategy's scope; later stages set its weights
+    evaluator: Evaluator
+
+
+def _needed(config: RunConfig) -> int:
+    """Examples an evaluation task needs: --shots support images plus the query set."""
+    return config.eval.shots + QUERY_SIZE
+
+
+def _labels(config: RunConfig) -> dict:
+    """The result table's row names (``RunResult.label`` / ``random_label``)."""
+    if not config.pretrained:
+        return {}
+    return dict(label="pretrained checkpoint",
+                random_label=f"random (same architecture, --seed {config.seed})")
+
+
+def prepare(config: RunConfig, strategy) -> Prepared:
+    """Stage 1: read the splits and the task stores, build the seeded model and its evaluator."""
     data_dir = resolve_data_dir(config)
     splits = load_splits(config, data_dir)
     eval_tasks = splits.val if config.eval.eval_val_tasks else splits.test
-    needed = config.eval.shots + QUERY_SIZE
+    needed = _needed(config)
     # --train_list restricts the training tasks only; evaluation keeps every image.
     train_store = _store(splits.train, config, min_examples=1,
                          keep_keys=image_lists.maybe_read(config.data.train_list))
@@ -172,65 +222,92 @@ def _run(config: RunConfig, strategy) -> RunResult:
         f"(--shots + {QUERY_SIZE} query images): "))
     logging.info("%d training, %d validation, %d test tasks from %s", len(splits.train),
                  len(splits.val), len(splits.test), data_dir)
-
     with strategy.scope():
         model = build(config)
     evaluator = Evaluator(model, config.inner, config.eval, run_config=dataclasses.asdict(config),
                           strategy=strategy)
-    random_init = None
-    if config.eval.compare_random_init:  # the model as built, before training or restoring
-        random_init = evaluator.evaluate(eval_store, label="random-init")
-    labels = dict(label="pretrained checkpoint",
-                  random_label=f"random (same architecture, --seed {config.seed})") \
-        if config.pretrained else {}
+    return Prepared(config, strategy, data_dir, splits, train_store, eval_store, model,
+                    evaluator)
+
+
+def evaluate_random_init(prepared: Prepared) -> Optional[EvalResults]:
+    """With --compare_random_init, the evaluation of the model as built (call it before
+    :func:`meta_train_or_restore`); else None."""
+    if not prepared.config.eval.compare_random_init:
+        return None
+    return prepared.evaluator.evaluate(prepared.eval_store, label="random-init")
+
+
+def meta_train_or_restore(prepared: Prepared) -> None:
+    """Stage 2: give the model its initialisation, restored from --checkpoint with
+    --pretrained, else meta-trained (checkpoints written to, or resumed from, --checkpoint)."""
+    config = prepared.config
     if config.pretrained:
-        restore(model, config.checkpoint,
+        restore(prepared.model, config.checkpoint,
                 skip_final_layer=config.do_not_restore_final_layer_weights)
     else:
-        _meta_train(config, model, train_store, eval_store, evaluator, strategy)
+        _meta_train(config, prepared.model, prepared.train_store, prepared.eval_store,
+                    prepared.evaluator, prepared.strategy)
 
-    # --- UHO block (REFERENCE.md section 8) ---
-    if config.uho.enabled:
-        if not splits.val:
-            raise DataError("--optimize_update_hyperparms_on_val_set: the splits hold no "
-                            "validation tasks; set --num_val_tasks > 0 or --val_tasks_file")
-        val_store = eval_store if config.eval.eval_val_tasks else _store(
-            splits.val, config, min_examples=needed, purpose=(
-                f"the update-hyperparameter search with --shots {config.eval.shots} needs "
-                f"{needed} examples per validation task: "))
-        found = uho.optimize_for_run(config, model, val_store, adapter=evaluator.adapter)
-        config = uho.with_found_values(config, found)  # --learning-rate, --eval-iters
-        evaluator = Evaluator(model, config.inner, config.eval, adapter=evaluator.adapter,
-                              run_config=dataclasses.asdict(config), strategy=strategy)
-        if config.uho.meta_fine_tune_steps_on_train_val:
-            logging.info("Meta-fine-tuning %d iterations on train + val with the found values",
-                         config.uho.meta_fine_tune_steps_on_train_val)
-            _meta_train(uho.fine_tune_config(config), model,
-                        _store(splits.train + splits.val, config, min_examples=1),
-                        eval_store, evaluator, strategy)
-    # --- end of UHO block ---
-    # --- k-shot block (REFERENCE.md section 9) ---
-    if config.kshot.enabled:  # the curves replace the usual evaluation
-        fpk_store = kshot.load_fpk_store(data_dir, config.data.image_size, splits.train)
-        curves = kshot.KShotExperiment(evaluator.adapter, config).run(fpk_store)
-        return RunResult(test=curves.as_eval_results(), kshot=curves, **labels)
-    # --- end of k-shot block ---
 
-    if config.fine_tune_task:
-        return _fine_tune_one(config, evaluator, train_store, eval_store)
+def search_update_hyperparameters(prepared: Prepared) -> Prepared:
+    """Stage 3 (REFERENCE.md section 8), with --optimize_update_hyperparms_on_val_set:
+    search the inner learning rate and step count on the validation tasks, optionally
+    meta-fine-tune on train + val with them, and return the run with the found values in
+    its config and evaluator. Without the flag, ``prepared`` itself."""
+    config, evaluator = prepared.config, prepared.evaluator
+    if not config.uho.enabled:
+        return prepared
+    splits, needed = prepared.splits, _needed(config)
+    if not splits.val:
+        raise DataError("--optimize_update_hyperparms_on_val_set: the splits hold no "
+                        "validation tasks; set --num_val_tasks > 0 or --val_tasks_file")
+    val_store = prepared.eval_store if config.eval.eval_val_tasks else _store(
+        splits.val, config, min_examples=needed, purpose=(
+            f"the update-hyperparameter search with --shots {config.eval.shots} needs "
+            f"{needed} examples per validation task: "))
+    found = uho.optimize_for_run(config, prepared.model, val_store, adapter=evaluator.adapter)
+    config = uho.with_found_values(config, found)  # --learning-rate, --eval-iters
+    evaluator = Evaluator(prepared.model, config.inner, config.eval, adapter=evaluator.adapter,
+                          run_config=dataclasses.asdict(config), strategy=prepared.strategy)
+    if config.uho.meta_fine_tune_steps_on_train_val:
+        logging.info("Meta-fine-tuning %d iterations on train + val with the found values",
+                     config.uho.meta_fine_tune_steps_on_train_val)
+        _meta_train(uho.fine_tune_config(config), prepared.model,
+                    _store(splits.train + splits.val, config, min_examples=1),
+                    prepared.eval_store, evaluator, prepared.strategy)
+    return dataclasses.replace(prepared, config=config, evaluator=evaluator)
+
+
+def kshot_curves(prepared: Prepared) -> RunResult:
+    """Stage 4 (REFERENCE.md section 9), --run_k_shot_learning_curves_experiment: the FP-k
+    learning curves of the model's initialisation, written beside the checkpoints."""
+    config = prepared.config
+    fpk_store = kshot.load_fpk_store(prepared.data_dir, config.data.image_size,
+                                     prepared.splits.train)
+    curves = kshot.KShotExperiment(prepared.evaluator.adapter, config).run(fpk_store)
+    return RunResult(test=curves.as_eval_results(), kshot=curves, **_labels(config))
+
+
+def final_evaluation(prepared: Prepared,
+                     random_init: Optional[EvalResults] = None) -> RunResult:
+    """Stage 6 (REFERENCE.md section 7): evaluate the initialisation on the training tasks
+    (--eval_train_tasks) and on the evaluation tasks, and write meta-test_results.json."""
+    config, evaluator, splits = prepared.config, prepared.evaluator, prepared.splits
     train_results = None
     if config.eval.eval_train_tasks:
         # One random training task per repetition, as the original: its
         # --serially_eval_all_test_tasks applies to the test tasks only.
         train_results = evaluator.evaluate(
-            _eval_subset(train_store, splits.train, config, needed), label="train",
-            serial=False, save_dir=_save_dir(config, train=True))
+            _eval_subset(prepared.train_store, splits.train, config, _needed(config)),
+            label="train", serial=False, save_dir=_save_dir(config, train=True))
         logging.info("Mean IoU over all meta-train tasks: %.4f", train_results.mean_iou)
-    test_results = evaluator.evaluate(eval_store, label="test", save_dir=_save_dir(config))
-    if distribute.is_chief(strategy):
+    test_results = evaluator.evaluate(prepared.eval_store, label="test",
+                                      save_dir=_save_dir(config))
+    if distribute.is_chief(prepared.strategy):
         write_results(config.checkpoint, test_results)
     return RunResult(test=test_results, train=train_results, random_init=random_init,
-                     **labels)
+                     **_labels(config))
 
 
 def _meta_train(config: RunConfig, model, train_store, eval_store, evaluator,
@@ -281,13 +358,16 @@ def _save_dir(config: RunConfig, train: bool = False) -> Optional[str]:
     return config.eval.save_fine_tuned_checkpoints_dir if wanted else None
 
 
-def _fine_tune_one(config: RunConfig, evaluator, train_store, eval_store) -> RunResult:
-    """``--fine-tune-task NAME``: adapt to one named task and save it."""
-    for store in (eval_store, train_store):
+def fine_tune_one_task(prepared: Prepared) -> RunResult:
+    """Stage 5, ``--fine-tune-task NAME``: adapt the initialisation to that one task (an
+    evaluation task, else a training task) and save it under --fine-tuned-checkpoint."""
+    config = prepared.config
+    for store in (prepared.eval_store, prepared.train_store):
         if config.fine_tune_task in store.names:
             index = store.names.index(config.fine_tune_task)
-            results = evaluator.evaluate(store, task_indices=[index], num_samples=1,
-                                         serial=True, save_dir=config.fine_tuned_checkpoint)
+            results = prepared.evaluator.evaluate(
+                store, task_indices=[index], num_samples=1, serial=True,
+                save_dir=config.fine_tuned_checkpoint)
             logging.info("Fine-tuned %s: query IoU %.4f, saved under %s",
                          config.fine_tune_task, results.mean_iou, config.fine_tuned_checkpoint)
             return RunResult(test=results, label=f"fine-tuned on {config.fine_tune_task}")
