@@ -32,7 +32,7 @@ from metaseg.data.progress import Progress
 from metaseg.evaluation import metrics, predictions
 from metaseg.evaluation.fold_metrics import FoldMetrics
 from metaseg.meta import checkpoints
-from metaseg.meta.adapt import Adapter, AdaptState
+from metaseg.meta.adapt import Adapter, AdaptState, predict_queries
 
 RESULTS_FILE = "meta-test_results.json"
 # Seconds between progress lines (tasks done, rate, ETA): on a terminal, and in a log file.
@@ -194,16 +194,10 @@ class Evaluator:
         return float(np.nanmean(ious))
 
     def predict(self, state: AdaptState, support_x, query_x) -> tf.Tensor:
-        """Query probabilities [Q,S,S,2] in inference mode.
-
-        Transductive: the query images as one batch. Otherwise, as the original did, each
-        query image is fed after the support images and only its own output is kept.
-        """
-        if self.config.transductive:
-            return self.adapter.predict(state, query_x)
-        outputs = [self.adapter.predict(state, tf.concat([support_x, q[None]], 0))[-1]
-                   for q in tf.unstack(query_x)]
-        return tf.stack(outputs)
+        """Query probabilities [Q,S,S,2] in inference mode, transductive or not as
+        ``--transductive`` says (``metaseg.meta.adapt.predict_queries``)."""
+        return predict_queries(self.adapter.predict, state, support_x, query_x,
+                               transductive=self.config.transductive)
 
     def _save(self, state: AdaptState, directory: str, steps: int) -> None:
         """Write an adapted state in metaseg's checkpoint layout (loadable by restore_weights)."""

@@ -14,6 +14,8 @@ from typing import Dict, Iterator, Tuple
 import keras
 import numpy as np
 
+from metaseg.models import logits_model
+
 
 def _layers(model, prefix: str = "") -> Iterator[Tuple[str, object]]:
     """(path, layer) of every layer, nested models included."""
@@ -47,8 +49,7 @@ def copy_weights(source: keras.Model, target: keras.Model, rng: np.random.Genera
     state of a dropout layer only ``target`` has gets a fresh state drawn from ``rng``.
     ValueError if any other variable has no counterpart of the same shape.
     """
-    src_net = getattr(source, "logits_model", source)
-    dst_net = getattr(target, "logits_model", target)
+    src_net, dst_net = logits_model(source), logits_model(target)
     src_seeds, dst_seeds = _seed_states(src_net), _seed_states(dst_net)
     src = _by_path(src_net.variables, {id(v) for v in src_seeds.values()})
     dst = _by_path(dst_net.variables, {id(v) for v in dst_seeds.values()})

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from metaseg.config import InnerConfig
 from metaseg.meta import optim
-from metaseg.models import losses
+from metaseg.models import logits_model, losses
 
 
 class AdaptState(NamedTuple):
@@ -78,6 +78,22 @@ def statistics_mode(net: keras.Model):
             layer.rate = rate
 
 
+def predict_queries(predict, state: AdaptState, support_x, query_x, *,
+                    transductive: bool) -> tf.Tensor:
+    """Probabilities float32 [Q,S,S,2] of the query images query_x [Q,S,S,3] under an
+    adapted ``state``; ``predict(state, images [N,S,S,3]) -> [N,S,S,2]`` runs the network in
+    inference mode (``Adapter.predict``, or its uncompiled body inside a compiled function).
+
+    Transductive: the Q queries as one batch. Otherwise, as the original did (REFERENCE.md
+    section 7), each query image is fed after the support images support_x [n,S,S,3] and only
+    its own output is kept. Eager or inside a ``tf.function``, for any Q (also unknown).
+    """
+    if transductive:
+        return predict(state, query_x)
+    return tf.map_fn(lambda q: predict(state, tf.concat([support_x, q[None]], 0))[-1], query_x,
+                     fn_output_signature=tf.float32)
+
+
 class Adapter:
     """Compiled inner loop and prediction for one Keras model.
 
@@ -93,7 +109,7 @@ class Adapter:
     def __init__(self, model: keras.Model, inner: InnerConfig, loss_fn=None):
         self.model = model
         self._loss_fn = loss_fn
-        self.net = getattr(model, "logits_model", model)
+        self.net = logits_model(model)
         self.inner = inner
         self.optimizer = optim.make_optimizer(inner)
         self._regularized = losses.regularized_mask(self.net)
@@ -238,12 +254,8 @@ class Adapter:
         def body(k, state, scores):
             lr = optim.learning_rate_at(self.inner, learning_rate, k, total_steps)
             state, _ = self._step(state, x[k], y[k], lr)
-            if transductive:
-                probs = self._predict(state, query_x)
-            else:
-                probs = tf.map_fn(
-                    lambda q: self._predict(state, tf.concat([support_x, q[None]], 0))[-1],
-                    query_x)
+            probs = predict_queries(self._predict, state, support_x, query_x,
+                                    transductive=transductive)
             per_query = tf.cast(score_fn(probs, query_y), tf.float32)
             finite = tf.math.is_finite(per_query)  # a NaN query is ignored, as np.nanmean
             mean = tf.reduce_sum(tf.where(finite, per_query, 0.0)) / tf.reduce_sum(

@@ -7,8 +7,9 @@ regularisers, the registry keyed by ``--model_name``, and the TF1 checkpoint imp
 from metaseg.models import kerascv as _kerascv  # noqa: F401
 from metaseg.models import kerashub as _kerashub  # noqa: F401
 from metaseg.models.efficientlab import EfficientLab
-from metaseg.models.registry import MODELS, build_model, register_model, with_logits
+from metaseg.models.registry import (MODELS, build_model, logits_model, register_model,
+                                     with_logits)
 from metaseg.models.tf1_checkpoint import is_tf1_checkpoint, load_tf1_checkpoint
 
 __all__ = ["EfficientLab", "MODELS", "build_model", "is_tf1_checkpoint",
-           "load_tf1_checkpoint", "register_model", "with_logits"]
+           "load_tf1_checkpoint", "logits_model", "register_model", "with_logits"]

@@ -120,6 +120,14 @@ def with_logits(logits_model: keras.Model, *, name: Optional[str] = None) -> ker
     return model
 
 
+def logits_model(model: keras.Model) -> keras.Model:
+    """The network that returns ``model``'s logits ``[N, S, S, 2]``, sharing its variables:
+    ``model.logits_model`` for a model with probabilities output (every ``build_model``
+    model), else ``model`` itself (a bare logits network, e.g. in tests). What the inner loop
+    trains, checkpoints store and the losses see."""
+    return getattr(model, "logits_model", model)
+
+
 def _is_functional(model) -> bool:
     try:
         return bool(model.inputs) and bool(model.outputs)
@@ -128,7 +136,7 @@ def _is_functional(model) -> bool:
 
 
 def _check_channels(model: keras.Model, model_name: str) -> None:
-    net = getattr(model, "logits_model", model)
+    net = logits_model(model)
     try:
         channels = net.outputs[0].shape[-1] if _is_functional(net) else None
     except (AttributeError, IndexError):

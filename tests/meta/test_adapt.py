@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from metaseg.config import InnerConfig
-from metaseg.meta.adapt import Adapter
+from metaseg.meta.adapt import Adapter, predict_queries
 from metaseg.models import losses
 from tests.meta.conftest import tiny_logits_model
 
@@ -107,3 +107,30 @@ def test_xla_compiled_adaptation_computes_the_same_function():
     np.testing.assert_allclose(losses_xla.numpy(), losses_plain.numpy(), rtol=1e-4)
     for a, b in zip(end_xla.trainable, end_plain.trainable):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_predict_queries_feeds_each_query_after_the_support_set():
+    adapter = Adapter(tiny_logits_model(seed=4), InnerConfig(sgd=True))
+    rng = np.random.default_rng(4)
+    support_x, query_x = (tf.constant(rng.uniform(0, 255, (n, 16, 16, 3)), tf.float32)
+                          for n in (3, 4))
+    state, calls = adapter.initial_state(), []
+
+    def predict(state, images):  # records what the network is fed
+        calls.append(images.shape[0])
+        return adapter.predict(state, images)
+
+    probs = predict_queries(predict, state, support_x, query_x, transductive=False).numpy()
+    assert probs.shape == (4, 16, 16, 2) and calls == [4] * 4  # 3 support images + 1 query
+    for i in range(4):  # its own output, the last of the batch
+        alone = adapter.predict(state, tf.concat([support_x, query_x[i:i + 1]], 0))[-1]
+        assert np.array_equal(probs[i], alone.numpy())
+    calls.clear()
+    batch = predict_queries(predict, state, support_x, query_x, transductive=True).numpy()
+    assert calls == [4] and np.array_equal(batch, adapter.predict(state, query_x).numpy())
+    # inside a compiled function, for a query count unknown when it is traced
+    compiled = tf.function(
+        lambda s, sx, qx: predict_queries(adapter._predict, s, sx, qx, transductive=False),
+        input_signature=[tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), state),
+                         tf.TensorSpec([None, 16, 16, 3]), tf.TensorSpec([None, 16, 16, 3])])
+    np.testing.assert_allclose(compiled(state, support_x, query_x).numpy(), probs, atol=1e-6)
