@@ -1,20 +1,31 @@
 """Tiny meta-training runs whose final weights are kept as test data (``data/``).
 
-    python -m tests.meta.step_reference          # rewrite data/meta_step_reference.npz
+    python -m tests.meta.step_reference [OUT.npz]   # default: rewrite data/meta_step_reference.npz
 
 Each run meta-trains the tiny model of ``conftest.py`` (batch norm, dropout, Adam, so the
 batch-norm statistics, the dropout seed state and the inner-optimiser slots all carry over)
 for three meta-iterations of meta-batch 3 on one device, and keeps every model variable and
-every optimiser slot. The file was written by the code of the commit named in its
-``provenance`` entry; ``test_step_reference.py`` checks that today's code gives exactly the
-same numbers.
+every optimiser slot. The data file was written by the code of the commit named in its
+``provenance`` entry; ``test_step_reference.py`` runs this script again (a fresh process)
+and checks that today's code gives exactly the same numbers.
+
+The thread pools are pinned (one intra-op thread, two inter-op), so the sums inside each op
+are in one order whatever the machine's core count; the kernels themselves are the CPU's
+(oneDNN picks them by instruction set), so the file holds the bits of a CPU like the one
+named in ``provenance``.
 """
 import os
+import platform
 import subprocess
 import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ["TF_NUM_INTRAOP_THREADS"], os.environ["TF_NUM_INTEROP_THREADS"] = "1", "2"
+
+from metaseg.quiet import import_tensorflow  # noqa: E402
+
+import_tensorflow()
 
 import numpy as np  # noqa: E402
 
@@ -60,7 +71,16 @@ def train(name: str, directory: str) -> dict:
     return out
 
 
-def main() -> None:
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def main(out: str = DATA) -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             check=True, cwd=os.path.dirname(DATA)).stdout.strip()
     results = {}
@@ -68,12 +88,12 @@ def main() -> None:
         for name in RUNS:
             results.update(train(name, os.path.join(tmp, name)))
     results["provenance"] = np.array(
-        f"written by tests/meta/step_reference.py at metaseg commit {commit}")
-    tmp_path = DATA + ".tmp.npz"
+        f"written by tests/meta/step_reference.py at metaseg commit {commit} on {_cpu()}")
+    tmp_path = out + ".tmp.npz"
     np.savez(tmp_path, **results)
-    os.replace(tmp_path, DATA)
-    print(f"{DATA}: {len(results) - 1} arrays, {results['provenance']}", file=sys.stderr)
+    os.replace(tmp_path, out)
+    print(f"{out}: {len(results) - 1} arrays, {results['provenance']}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    main(*sys.argv[1:2])
