@@ -280,7 +280,12 @@ def maybe_augment_batch(images, masks, seed, aug_rate):
     Args: images float32 [N, S, S, 3] in [0, 255]; masks float32 [N, S, S, 2] one-hot;
     seed int [2]; aug_rate float in [0, 1]. Returns tensors of the same shapes.
     """
-    seeds = split_seed(seed, tf.shape(images)[0])
+    return maybe_augment_each(images, masks, split_seed(seed, tf.shape(images)[0]), aug_rate)
+
+
+def maybe_augment_each(images, masks, seeds, aug_rate):
+    """``maybe_augment`` example i of a batch with ``seeds[i]`` (int64 [N, 2]): any slice of
+    a batch gives the same examples as the whole batch does."""
     spec = (tf.TensorSpec(images.shape[1:], tf.float32), tf.TensorSpec(masks.shape[1:], tf.float32))
     return tf.map_fn(lambda args: maybe_augment(*args, aug_rate), (images, masks, seeds),
                      fn_output_signature=spec)
