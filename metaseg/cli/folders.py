@@ -9,24 +9,34 @@ alpha-only masks with a warning naming the file; refused, naming it, when the ob
 lost). A mask of another size than its image is resized (nearest neighbour, with a warning)
 only when the aspect ratios agree to 1 %. Images are read upright (EXIF orientation applied,
 unless only the unrotated image matches its mask's size) as RGB.
+
+A ``--support`` may also be an annotation export (``metaseg.annotations``: COCO JSON,
+LabelMe, CVAT segmentation masks) with one category: :func:`support_examples` turns either
+into the same :class:`metaseg.annotations.Example` list, and :func:`read_support_set`
+decodes, checks and resizes them by the rules above. An export's image without an object of
+the category is skipped, named in a warning (the first ``MAX_NAMED_SKIPS``, the rest
+counted; all in adaptation.json); none left is an error.
 """
 
 from __future__ import annotations
 
+import io
 import os
-from typing import List, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 from absl import logging
 from PIL import Image
 
+from metaseg import annotations
 from metaseg.data import image_io, mask_to_two_channel, resize_examples
-from metaseg.errors import DataError
+from metaseg.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MASK_EXTENSION = ".png"
 ASPECT_TOLERANCE = 0.01  # relative difference of height/width still called "same aspect"
 MAX_LISTED = 5
+MAX_NAMED_SKIPS = 20  # warning lines naming skipped export images; the rest are counted
 
 
 def _listing(names) -> str:
@@ -39,13 +49,15 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def decode_image(path: str, annotated_size=None) -> np.ndarray:
+def decode_image(path, annotated_size=None, label: Optional[str] = None) -> np.ndarray:
     """uint8 [H, W, 3] RGB, upright (``image_io.open_image``; ``annotated_size`` (w, h) of
-    its mask, if any); DataError naming the file if it cannot be decoded."""
+    its mask, if any) of a file, or of encoded bytes (``label`` names them); DataError
+    naming it if it cannot be decoded."""
+    source = io.BytesIO(path) if isinstance(path, bytes) else path
     try:
-        return np.asarray(image_io.open_image(path, annotated_size).convert("RGB"))
+        return np.asarray(image_io.open_image(source, annotated_size).convert("RGB"))
     except image_io.UnreadableImage as e:
-        raise DataError(f"cannot decode image {path}: {e.args[1]}") from None
+        raise DataError(f"cannot decode image {label or path}: {e.args[1]}") from None
 
 
 def decode_mask(path: str) -> np.ndarray:
@@ -136,26 +148,107 @@ def check_mask(mask: np.ndarray, image_hw: Tuple[int, int], path: str) -> np.nda
     return np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
 
 
-def read_support(pairs, image_size: int):
-    """Decode, validate and resize the support set.
+class SupportSource(NamedTuple):
+    """What ``--support`` holds: examples to read, and how to name them in reports."""
 
-    Returns images float32 [n, S, S, 3] in [0, 255] and masks float32 [n, S, S, 2] one-hot
-    (channel 1 foreground), S = ``image_size``, resized exactly as shards are (bilinear with
-    antialiasing for images, nearest for masks).
+    kind: str  # "folder", "COCO", "LabelMe" or "CVAT"
+    path: str
+    category: Optional[str]  # the export's category adapted to (None for a folder)
+    examples: List[annotations.Example]
+    skipped: List[str]  # export images with no annotation of the category
+
+
+class SupportSet(NamedTuple):
+    """A decoded support set at the model's size, compact: 4 bytes per pixel and shot."""
+
+    images: np.ndarray  # uint8 [n, S, S, 3]
+    masks: np.ndarray  # uint8 [n, S, S] in {0, 255}
+    names: List[str]  # the image file names, in order (adaptation.json's "support")
+    source: SupportSource
+    skipped: List[str]  # export images left out: no object of the category
+
+
+def pair_examples(pairs) -> List[annotations.Example]:
+    """[(image path, mask path)] as examples whose masks are read by :func:`decode_mask`."""
+    return [annotations.Example(os.path.basename(image), image, image, mask,
+                                lambda mask=mask: decode_mask(mask), True)
+            for image, mask in pairs]
+
+
+def support_examples(path: str, category: Optional[str] = None,
+                     images_dir: Optional[str] = None) -> SupportSource:
+    """The support set ``path`` names: a folder of pairs (``support_pairs``) or an export
+    (``annotations.read_export``); DataError/ConfigError naming what is wrong."""
+    kind = annotations.detect_format(path)
+    if kind == "folder":
+        for flag, value in (("--category", category), ("--support_images", images_dir)):
+            if value is not None:
+                raise ConfigError(f"{flag} applies only to annotation exports (a COCO .json, "
+                                  f"a LabelMe or CVAT folder); {path} is a folder of "
+                                  f"image/mask pairs: drop {flag}")
+        return SupportSource("folder", path, None, pair_examples(support_pairs(path)), [])
+    export = annotations.read_export(path, category, images_dir)
+    return SupportSource(export.kind, path, export.category, export.examples, export.skipped)
+
+
+def _report_skipped(source: SupportSource, skipped: List[str], usable: int) -> None:
+    """A warning naming each skipped image (up to ``MAX_NAMED_SKIPS``), then the count;
+    DataError when nothing is left."""
+    what = f"{source.kind} {source.path}"
+    for name in skipped[:MAX_NAMED_SKIPS]:
+        logging.warning("%s: image %s has no %r object: skipped", what, name, source.category)
+    if len(skipped) > MAX_NAMED_SKIPS:
+        logging.warning("%s: %d more images without a %r object skipped (adaptation.json "
+                        "lists them all under support_skipped)", what,
+                        len(skipped) - MAX_NAMED_SKIPS, source.category)
+    total = usable + len(skipped)
+    if not usable:
+        raise DataError(f"{what}: none of its {total} annotated images has a "
+                        f"{source.category!r} object; choose another --category")
+    if skipped:
+        logging.warning("%s: %d of %d images have a %r object: adapting on those", what,
+                        usable, total, source.category)
+
+
+def read_support_set(source: SupportSource, image_size: int) -> SupportSet:
+    """Decode, validate and resize a support set (any kind), in order.
+
+    Images are resized exactly as shards are (bilinear with antialiasing), masks by nearest
+    neighbour, to S = ``image_size``. A mask that is empty: kept with a warning for a mask
+    file, skipped (and named) for an export's image.
     """
-    images, masks = [], []
-    for image_path, mask_path in pairs:
-        mask = decode_mask(mask_path)
-        image = decode_image(image_path, mask.shape[::-1])
-        mask = check_mask(mask, image.shape[:2], mask_path)
+    n, count = len(source.examples), 0
+    images = np.zeros((n, image_size, image_size, 3), np.uint8)
+    masks = np.zeros((n, image_size, image_size), np.uint8)
+    names, skipped = [], list(source.skipped)
+    for example in source.examples:
+        mask = example.draw()
+        if not mask.any():
+            if not example.keep_empty:
+                skipped.append(example.name)
+                continue
+            logging.warning("Support mask %s is empty (all background)", example.mask_label)
+        image = decode_image(example.image, mask.shape[::-1], example.image_label)
+        mask = check_mask(mask, image.shape[:2], example.mask_label)
         small_image, small_mask = resize_examples(image[None], mask[None], image_size)
         try:
-            image_io.check_mask_survives(mask, small_mask[0], mask_path)
+            image_io.check_mask_survives(mask, small_mask[0], example.mask_label)
         except image_io.InvalidMask as e:
             raise DataError(f"mask {e}") from None
-        images.append(small_image[0])
-        masks.append(small_mask[0])
-        if not mask.any():
-            logging.warning("Support mask %s is empty (all background)", mask_path)
-    return (np.stack(images).astype(np.float32),
-            np.asarray(mask_to_two_channel(np.stack(masks)), np.float32))
+        images[count], masks[count] = small_image[0], small_mask[0]
+        names.append(example.name)
+        count += 1
+    if source.kind != "folder":
+        _report_skipped(source, skipped, count)
+    elif not count:
+        raise DataError(f"support folder {source.path} holds no image/mask pairs")
+    return SupportSet(images[:count], masks[:count], names, source, skipped)
+
+
+def read_support(pairs, image_size: int):
+    """:func:`read_support_set` of image/mask pairs, as float32 images [n, S, S, 3] in
+    [0, 255] and float32 one-hot masks [n, S, S, 2] (channel 1 foreground)."""
+    support = read_support_set(SupportSource("folder", "", None, pair_examples(pairs), []),
+                               image_size)
+    return (support.images.astype(np.float32),
+            np.asarray(mask_to_two_channel(support.masks), np.float32))
