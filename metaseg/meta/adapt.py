@@ -153,7 +153,8 @@ class Adapter:
 
     def support_statistics(self, state: AdaptState, images, batch_size: int) -> AdaptState:
         """``state`` with every batch-norm moving mean and variance replaced by the mean over
-        ``images`` (float32 [n,S,S,3], the support set, unaugmented) of its batch statistics.
+        ``images`` (float32 or uint8 [n,S,S,3] in [0, 255], the support set, unaugmented; each
+        mini-batch is made float32 as it runs) of its batch statistics.
 
         The images are split in order into ceil(n / ``batch_size``) mini-batches of near-equal
         size (one batch when n <= ``batch_size``: then predicting those images together in
@@ -168,7 +169,8 @@ class Adapter:
         total = None
         for start, stop in zip(bounds[:-1], bounds[1:]):
             weighted = [s * ((stop - start) / n)
-                        for s in self._batch_statistics(state, images[start:stop])]
+                        for s in self._batch_statistics(
+                            state, tf.cast(images[start:stop], tf.float32))]
             total = weighted if total is None else [a + b for a, b in zip(total, weighted)]
         non_trainable = list(state.non_trainable)
         for i, value in zip(self._moving, total or []):
