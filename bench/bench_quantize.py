@@ -46,7 +46,7 @@ def benchmark_tasks(count: int, cache_dir):
     """[(name, images uint8 [n, 64, 64, 3], masks uint8 [n, 64, 64])] of the first test
     classes of the quickstart's embedded benchmark."""
     from metaseg.data import TaskStore, list_tasks, read_class_list  # pylint: disable=C0415
-    from metaseg.data.synthetic import ensure_benchmark  # pylint: disable=C0415
+    from metaseg.datasets.synthetic import ensure_benchmark  # pylint: disable=C0415
     root = ensure_benchmark(cache_dir, num_classes=100, examples_per_class=10, image_size=64)
     test = read_class_list(os.path.join(root, "test_classes.txt"))[:count]
     tasks = [t for t in list_tasks(root) if t.name in test]
@@ -62,9 +62,10 @@ def benchmark_tasks(count: int, cache_dir):
 def main(argv):
     del argv
     tf = import_tensorflow()
-    from metaseg.cli import adapt, checkpoint, deploy  # pylint: disable=import-outside-toplevel
+    from metaseg import checkpoints  # pylint: disable=import-outside-toplevel
+    from metaseg.cli import adapt, deploy  # pylint: disable=import-outside-toplevel
     from metaseg.evaluation.metrics import binary_iou  # pylint: disable=C0415
-    source = checkpoint.open_checkpoint(FLAGS.init, "--init")
+    source = checkpoints.open_checkpoint(FLAGS.init, "--init")
     size = source.config.data.image_size
     steps, rate, origin = adapt.hyperparameters(source, None, None)
     logging.info("Adapting %s: %d steps at %g (%s)", FLAGS.init, steps, rate, origin)

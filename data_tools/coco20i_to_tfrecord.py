@@ -30,7 +30,7 @@ from metaseg.errors import ConfigError, exit_on_error
 
 
 def define_flags() -> None:
-    from metaseg.data.folds import define_converter_flags
+    from metaseg.datasets.folds import define_converter_flags
 
     flags.DEFINE_string("coco_dir", None, "COCO folder: train2014/, val2014/, annotations/.")
     flags.DEFINE_string("output_dir", None, "Output folder (train/, val/, interleaved/, "
@@ -47,7 +47,7 @@ def convert(coco_dir: str, output_dir: str, *, image_size: int = 224, image_list
             mask_fn=None) -> dict:
     """Write both splits and the fold folders of both COCO-20i variants; returns
     {"train": {class: n}, "val": {...}, "missing": [fold entries without a shard]}."""
-    from metaseg.data import coco, folds
+    from metaseg.datasets import coco, folds
     from metaseg.data.image_lists import ImageList
 
     if image_size < 1:

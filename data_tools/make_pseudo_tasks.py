@@ -12,7 +12,7 @@ clustered by a streaming mini-batch k-means; every image where a cluster covers 
 ``--min_coverage`` and ``--max_coverage`` of the image becomes an example of the
 pseudo-class ``cluster_<k>``, with the cluster's mask. The output folder holds one shard per
 pseudo-class and ``pseudo_tasks.json`` (settings, per-cluster statistics): pass it to
-``run_metasegnet.py --data-dir``. See ``metaseg/data/pseudo_tasks.py`` and the README.
+``run_metasegnet.py --data-dir``. See ``metaseg/datasets/pseudo_tasks.py`` and the README.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from metaseg.errors import ConfigError, exit_on_error
 
 def define_flags() -> None:
     """Flags are defined only when run as a script, so importing this module is side-free."""
-    from metaseg.data.pseudo_tasks import PseudoTaskOptions  # the defaults live there
+    from metaseg.datasets.pseudo_tasks import PseudoTaskOptions  # the defaults live there
 
     d = PseudoTaskOptions()
     flags.DEFINE_string("input_dir", None, "Folder of unlabelled JPEG/PNG images (recursive).")
@@ -68,7 +68,8 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments {argv[1:]}; every option is a --flag")
-    from metaseg.data import image_lists, pseudo_tasks
+    from metaseg.data import image_lists
+    from metaseg.datasets import pseudo_tasks
 
     f = flags.FLAGS
     options = pseudo_tasks.PseudoTaskOptions(

@@ -7,7 +7,7 @@
 Writes one ``<class>.tfrecord.gzip`` per class, ``train_classes.txt`` and
 ``test_classes.txt`` (the held-out combinations; pass the latter as the test split file)
 and a completion marker. The same flags give byte-identical shards. The design of the
-benchmark is described in ``metaseg/data/synthetic/__init__.py`` and the README.
+benchmark is described in ``metaseg/datasets/synthetic/__init__.py`` and the README.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main(argv):
     from metaseg.quiet import import_tensorflow
 
     import_tensorflow()  # after flag checks, without TensorFlow's start-up chatter
-    from metaseg.data import synthetic  # pylint: disable=import-outside-toplevel
+    from metaseg.datasets import synthetic  # pylint: disable=import-outside-toplevel
 
     start = time.monotonic()
     bar = _progress(FLAGS.num_classes)

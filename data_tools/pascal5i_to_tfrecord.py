@@ -36,7 +36,7 @@ from metaseg.errors import ConfigError, exit_on_error
 
 
 def define_flags() -> None:
-    from metaseg.data.folds import define_converter_flags
+    from metaseg.datasets.folds import define_converter_flags
 
     flags.DEFINE_string("voc_dir", None, "VOCdevkit/VOC2012 with JPEGImages and "
                         "SegmentationClassAug.")
@@ -56,7 +56,7 @@ def convert(voc_dir: str, output_dir: str, *, image_size: int = 224, val_list=No
             num_workers=None) -> dict:
     """Write the splits and fold folders; returns {"train": {class: n}, "val": ..., "missing":
     [fold entries without a shard]} (n = -1 for an existing shard that was kept)."""
-    from metaseg.data import folds, voc
+    from metaseg.datasets import folds, voc
     from metaseg.data.image_lists import ImageList
 
     if image_size < 1:

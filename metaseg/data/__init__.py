@@ -1,8 +1,12 @@
-"""Data: the shard format, the task registry and splits, episodes (REFERENCE.md sections 1-3).
+"""Data: what an episode passes through (REFERENCE.md sections 1-3).
 
 Layers, each built on the one before: ``shards`` (the on-disk format) -> ``tasks`` (registry,
-splits, the in-memory ``TaskStore``) -> ``augment`` (six mask-aware augmentations as TF ops)
--> ``episodes`` (tf.data samplers). ``synthetic`` is the embedded benchmark.
+splits, the in-memory ``TaskStore``; ``tfds_source`` for ``--dataset tfds:``) -> ``augment``
+(six mask-aware augmentations as TF ops) -> ``episodes`` (tf.data samplers). Beside them:
+``image_io`` (the one reader of user images and masks), ``image_lists`` (``--train_list``)
+and ``progress``. The offline builders that write shards (VOC, COCO, folds, pseudo-tasks,
+the embedded synthetic benchmark) are ``metaseg.datasets``; nothing here imports the models,
+the meta-learner or anything above them (``tests/test_layering.py``).
 """
 
 from metaseg.data.augment import augment_example, maybe_augment

@@ -1,7 +1,7 @@
 """``pascal5i``: PASCAL-5i (Shaban et al., 2017) from VOC 2012 + SBD, one config per fold.
 
 Reads ``manual_dir`` as ``data_tools/pascal5i_to_tfrecord.py`` reads ``--voc_dir``
-(``metaseg.data.voc``: the same layout checks, image selection and binary masks):
+(``metaseg.datasets.voc``: the same layout checks, image selection and binary masks):
 ``<manual_dir>/JPEGImages/<id>.jpg``, ``<manual_dir>/SegmentationClassAug/<id>.png`` and
 ``<manual_dir>/ImageSets/Segmentation/val.txt``. Config ``fold<i>``: split ``train`` holds
 the training images (SegmentationClassAug minus val.txt) of the 15 training classes, split
@@ -17,7 +17,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from metaseg.data import folds, voc
+from metaseg.datasets import folds, voc
 from metaseg.data.image_lists import ImageList
 from metaseg.tfds import features
 

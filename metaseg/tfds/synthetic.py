@@ -1,4 +1,4 @@
-"""``metaseg_synthetic``: the embedded procedural benchmark (``metaseg.data.synthetic``).
+"""``metaseg_synthetic``: the embedded procedural benchmark (``metaseg.datasets.synthetic``).
 
 Generated locally (no download), deterministically: a config's examples are byte-identical to
 the shards ``data_tools/make_synthetic_fss.py`` (or ``--dataset synthetic``) writes for the
@@ -12,7 +12,7 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from metaseg.data.synthetic import render
+from metaseg.datasets.synthetic import render
 from metaseg.tfds import features
 
 

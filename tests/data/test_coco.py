@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from data_tools import coco20i_to_tfrecord as coco20i
-from metaseg.data import folds
+from metaseg.datasets import folds
 from metaseg.data.shards import SHARD_SUFFIX, read_shard, read_shard_with_keys
 from metaseg.data.tasks import read_class_list
 from metaseg.errors import ConfigError, DataError

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from data_tools import pascal5i_to_tfrecord as pascal
-from metaseg.data import folds
+from metaseg.datasets import folds
 from metaseg.data.shards import SHARD_SUFFIX, read_shard, read_shard_with_keys
 from metaseg.data.tasks import list_tasks, make_splits, read_class_list
 from metaseg.errors import ConfigError, DataError

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metaseg.data import mask_ops, pixel_clusters, pseudo_features
+from metaseg.datasets import mask_ops, pixel_clusters, pseudo_features
 from metaseg.data.image_lists import ImageList
-from metaseg.data.pseudo_tasks import STATS_FILE, PseudoTaskOptions, make_pseudo_tasks
+from metaseg.datasets.pseudo_tasks import STATS_FILE, PseudoTaskOptions, make_pseudo_tasks
 from metaseg.data.shards import SHARD_SUFFIX, read_shard
 from metaseg.data.tasks import TaskStore, list_tasks
 from metaseg.errors import ConfigError, DataError
@@ -167,14 +167,13 @@ def test_checkpoint_encoder_backbone(tmp_path, colour_dir):
     import tensorflow as tf
 
     from metaseg.config import ModelConfig
-    from metaseg.meta import checkpoints
+    from metaseg import checkpoints
     from metaseg.models import build_model
 
     config = ModelConfig(rsd=None)
     model = build_model(config)
     state = checkpoints.MetaState(model, ())
-    tf.train.CheckpointManager(state.checkpoint, str(tmp_path), 1,
-                               checkpoint_name=checkpoints.CHECKPOINT_NAME).save(7)
+    checkpoints.Saver(state.checkpoint, str(tmp_path), keep=1).save(7)
     checkpoints.write_config(str(tmp_path), {"model": dataclasses.asdict(config)})
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     encoder = model.get_layer("efficientnet_b0")

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from metaseg.data import synthetic
+from metaseg.datasets import synthetic
 from metaseg.data.shards import SHARD_SUFFIX
-from metaseg.data.synthetic import scene, shapes
-from metaseg.data.synthetic.appearance import APPEARANCE_FAMILIES, TEXTURES
+from metaseg.datasets.synthetic import scene, shapes
+from metaseg.datasets.synthetic.appearance import APPEARANCE_FAMILIES, TEXTURES
 from metaseg.errors import ConfigError, DataError
 from tests.conftest import time_limit
 

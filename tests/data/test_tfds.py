@@ -14,10 +14,12 @@ from data_tools import fss_1000_image_to_tfrecord as fss
 from data_tools import pascal5i_to_tfrecord as pascal
 from metaseg import pipeline
 from metaseg.config import DataConfig, RunConfig
-from metaseg.data import TaskStore, episodes, folds
+from metaseg.data import TaskStore, episodes
+from metaseg.datasets import folds
 from metaseg.data.shards import SHARD_SUFFIX, read_shard
-from metaseg.data.synthetic import class_names, write_benchmark
+from metaseg.datasets.synthetic import class_names, write_benchmark
 from metaseg.errors import ConfigError, DataError
+from metaseg.specs import BatchSpec, EpisodeSpec
 from metaseg.tfds import fss1000 as fss_builder  # importing metaseg.tfds registers them
 from tests.cli.conftest import own_stderr_lines, run_script, subprocess_env
 from tests.conftest import time_limit
@@ -72,8 +74,8 @@ def test_tfds_tasks_and_episodes_equal_the_shards(tiny):
         assert a.names == b.names
         np.testing.assert_array_equal(a.images.numpy(), b.images.numpy())
         np.testing.assert_array_equal(a.masks.numpy(), b.masks.numpy())
-    train = [episodes.meta_training_dataset(s[1], train_shots=4, inner_iters=2, inner_batch=2,
-                                            seed=3).take(3) for s in (from_tfds, from_shards)]
+    train = [episodes.meta_training_dataset(s[1], EpisodeSpec(4, 2, BatchSpec(2)), seed=3).take(3)
+             for s in (from_tfds, from_shards)]
     for a, b in zip(*train):
         assert int(a["task"]) == int(b["task"])
         np.testing.assert_array_equal(a["x"].numpy(), b["x"].numpy())

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from metaseg.data import synthetic
+from metaseg.datasets import synthetic
 from metaseg.data.shards import SHARD_SUFFIX, read_shard
 from tests.cli.conftest import own_stderr_lines
 from tests.conftest import time_limit
@@ -16,7 +16,7 @@ from tests.conftest import time_limit
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "data_tools" / "make_synthetic_fss.py"
 CLASSES, EXAMPLES, SIZE = 60, 6, 48
-CACHE_SCRIPT = (f"import sys; from metaseg.data.synthetic import ensure_benchmark; "
+CACHE_SCRIPT = (f"import sys; from metaseg.datasets.synthetic import ensure_benchmark; "
                 f"print(ensure_benchmark(sys.argv[1], num_classes={CLASSES}, "
                 f"examples_per_class={EXAMPLES}, image_size={SIZE}, num_workers=2))")
 

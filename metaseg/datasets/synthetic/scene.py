@@ -14,8 +14,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from metaseg.data.synthetic import appearance
-from metaseg.data.synthetic.catalog import Identity
+from metaseg.datasets.synthetic import appearance
+from metaseg.datasets.synthetic.catalog import Identity
 
 TARGET_AREA = (0.10, 0.40)  # fraction of the image the whole target covers
 DISTRACTOR_AREA = (0.04, 0.18)  # sometimes as large as the target: size is no cue

@@ -27,7 +27,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from metaseg.data.synthetic import appearance, shapes
+from metaseg.datasets.synthetic import appearance, shapes
 from metaseg.errors import ConfigError
 
 TEST_FRACTION = 0.24  # FSS-1000 holds out 240 of 1000 classes

@@ -23,7 +23,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from metaseg.data import folds, image_io
+from metaseg.data import image_io
+from metaseg.datasets import folds
 from metaseg.data.image_lists import ImageList
 from metaseg.data.progress import Progress
 from metaseg.data.shards import SHARD_SUFFIX, write_shard

@@ -28,10 +28,11 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from absl import logging
 
-from metaseg.data import image_io, mask_ops, pixel_clusters, pseudo_features
+from metaseg.data import image_io
+from metaseg.datasets import mask_ops, pixel_clusters, pseudo_features
 from metaseg.data.image_lists import ImageList, find_images, image_key
 from metaseg.data.progress import Progress
-from metaseg.data.pseudo_stats import ClusterStats, Thresholds, cluster_name
+from metaseg.datasets.pseudo_stats import ClusterStats, Thresholds, cluster_name
 from metaseg.data.shards import SHARD_SUFFIX, write_shard, write_text_atomic
 from metaseg.errors import ConfigError, DataError
 

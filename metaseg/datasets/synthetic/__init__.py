@@ -11,12 +11,12 @@ its texture. ``writer`` writes it as shards of the original format, byte-identic
 seed, in parallel over classes.
 """
 
-from metaseg.data.synthetic.catalog import MIN_CLASSES, TEST_FRACTION
-from metaseg.data.synthetic.render import (class_names, render_class, render_examples,
-                                           test_class_names, train_class_names)
-from metaseg.data.synthetic.writer import (MARKER_FILE, TEST_SPLIT_FILE, TRAIN_SPLIT_FILE,
-                                           default_cache_dir, ensure_benchmark,
-                                           write_benchmark)
+from metaseg.datasets.synthetic.catalog import MIN_CLASSES, TEST_FRACTION
+from metaseg.datasets.synthetic.render import (class_names, render_class, render_examples,
+                                               test_class_names, train_class_names)
+from metaseg.datasets.synthetic.writer import (MARKER_FILE, TEST_SPLIT_FILE,
+                                               TRAIN_SPLIT_FILE, default_cache_dir,
+                                               ensure_benchmark, write_benchmark)
 
 __all__ = ["MARKER_FILE", "MIN_CLASSES", "TEST_FRACTION", "TEST_SPLIT_FILE",
            "TRAIN_SPLIT_FILE", "class_names", "default_cache_dir", "ensure_benchmark",

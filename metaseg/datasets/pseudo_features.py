@@ -72,23 +72,23 @@ def pixel_features(images: np.ndarray, feature_level: int) -> np.ndarray:
 
 def _encoder_from_checkpoint(directory: str, encoder_name: str):
     """(normalisation layer, encoder) of the EfficientLab stored in ``directory``."""
+    from metaseg import checkpoints
     from metaseg.config import ModelConfig
-    from metaseg.meta import checkpoints
     from metaseg.models import build_model
-    from metaseg.models.tf1_checkpoint import is_tf1_checkpoint, load_tf1_checkpoint
+    from metaseg.models.tf1_checkpoint import load_tf1_checkpoint
 
-    if checkpoints.is_metaseg_checkpoint(directory):
-        stored = checkpoints.read_run_config(directory)
+    found = checkpoints.detect(directory)
+    if found.kind.is_metaseg:
+        stored = checkpoints.read_run_config(found.directory)
         if stored is None:
             raise CheckpointError(f"{directory} has no config.json describing its model; "
                                   "pass the directory meta-training wrote")
         # The checkpoint supplies every weight: never download or read backbone weights.
         model = build_model(dataclasses.replace(stored.model, backbone_weights=None,
                                                 restore_efficient_net_weights_from=None))
-        iteration = checkpoints.restore_weights(model, directory)
-        logging.info("Features from the encoder of %s (iteration %d)",
-                     checkpoints.latest(directory), iteration)
-    elif is_tf1_checkpoint(directory):
+        iteration = checkpoints.restore_weights(model, found.prefix)
+        logging.info("Features from the encoder of %s (iteration %d)", found.prefix, iteration)
+    elif found.kind is checkpoints.Kind.TF1:
         model = build_model(ModelConfig(feature_extractor_name=encoder_name))
         count = load_tf1_checkpoint(model, directory, encoder_only=True)
         logging.info("Features from the TF1 checkpoint %s (%d encoder variables)", directory,

@@ -6,8 +6,8 @@ from typing import List, Tuple
 
 import numpy as np
 
-from metaseg.data.synthetic import catalog as cat
-from metaseg.data.synthetic.scene import Scene, render_scene
+from metaseg.datasets.synthetic import catalog as cat
+from metaseg.datasets.synthetic.scene import Scene, render_scene
 
 MAX_DISTRACTORS = 3
 RELATED_PROBABILITY = 0.5  # share of distractors that share a family with the target
