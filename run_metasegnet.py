@@ -16,8 +16,8 @@ import sys
 from absl import app, logging
 from absl import flags as absl_flags
 
-import flags
-from flags import definitions
+from metaseg import flags
+from metaseg.flags import definitions
 from metaseg.errors import Interrupted, exit_on_error
 from metaseg.quiet import import_tensorflow
 

@@ -20,7 +20,7 @@ sys.path[:0] = [REPO] if REPO not in sys.path else []
 from absl import app, logging  # noqa: E402
 from absl import flags as absl_flags  # noqa: E402
 
-import flags  # noqa: E402
+from metaseg import flags  # noqa: E402
 import run_metasegnet  # noqa: E402  (defines every run_metasegnet.py flag)
 from metaseg.config import PRECISIONS  # noqa: E402
 from metaseg.errors import exit_on_error  # noqa: E402

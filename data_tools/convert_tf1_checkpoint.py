@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 from absl import app, flags, logging
 
-from flags.argv import parse_flags_or_exit
+from metaseg.flags.argv import parse_flags_or_exit
 from metaseg.config import ModelConfig
 from metaseg.errors import ConfigError, exit_on_error
 from metaseg.models import build_model, load_tf1_checkpoint

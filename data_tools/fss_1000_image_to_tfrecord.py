@@ -41,7 +41,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from absl import app, flags, logging
 
-from flags.argv import parse_flags_or_exit
+from metaseg.flags.argv import parse_flags_or_exit
 from metaseg.data import image_io
 from metaseg.data.image_lists import ImageList
 from metaseg.data.shards import SHARD_SUFFIX, ShardWriteError, resize_examples, write_shard

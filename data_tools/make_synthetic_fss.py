@@ -17,7 +17,7 @@ import time
 
 from absl import app, flags, logging
 
-from flags.argv import parse_flags_or_exit
+from metaseg.flags.argv import parse_flags_or_exit
 from metaseg.errors import ConfigError, DataError, exit_on_error
 
 FLAGS = flags.FLAGS

@@ -31,7 +31,7 @@ import time
 
 from absl import app, flags
 
-from flags.argv import parse_flags_or_exit
+from metaseg.flags.argv import parse_flags_or_exit
 from metaseg.errors import ConfigError, exit_on_error
 
 

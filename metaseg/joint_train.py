@@ -24,7 +24,7 @@ from typing import List
 from absl import app, logging
 from absl import flags as absl_flags
 
-import flags
+from metaseg import flags
 from metaseg.config import JointTrainConfig
 from metaseg.errors import ConfigError, exit_on_error
 from metaseg.quiet import import_tensorflow

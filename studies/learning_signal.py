@@ -47,7 +47,7 @@ sys.path[:0] = [p for p in (HERE, REPO, os.path.join(REPO, "bench")) if p not in
 from absl import app, logging  # noqa: E402
 from absl import flags as absl_flags  # noqa: E402
 
-import flags as metaseg_flags  # noqa: E402
+from metaseg import flags as metaseg_flags  # noqa: E402
 import provenance  # noqa: E402
 from metaseg.config import JointTrainConfig, RunConfig  # noqa: E402
 from metaseg.errors import ConfigError, exit_on_error  # noqa: E402

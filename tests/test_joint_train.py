@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from absl import flags as absl_flags
 
-import flags
+from metaseg import flags
 from metaseg import joint, joint_train, pipeline
 from metaseg.config import DataConfig, EvalConfig, ModelConfig, RunConfig
 from metaseg.data import SHARD_SUFFIX, TaskStore, episodes, write_shard

@@ -6,7 +6,7 @@ import shlex
 
 from absl import flags as absl_flags
 
-import flags
+from metaseg import flags
 from metaseg import joint_train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

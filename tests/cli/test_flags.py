@@ -11,7 +11,7 @@ import sys
 import pytest
 from absl import flags as absl_flags
 
-import flags
+from metaseg import flags
 from metaseg.config import ModelConfig, RunConfig
 from metaseg.errors import ConfigError
 from metaseg.resources import ORIGINAL_FLAGS, resource_path
@@ -312,7 +312,7 @@ def test_parse_flags_or_exit_one_line(fv, capsys, words, message):
 
 SCRIPT = """
 from absl import app
-import flags
+from metaseg import flags
 flags.define_flags()
 def main(argv):
     config = flags.to_run_config()

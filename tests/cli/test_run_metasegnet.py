@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from absl import flags as absl_flags
 
-import flags
+from metaseg import flags
 from metaseg import pipeline
 from metaseg.config import DataConfig, EvalConfig, ModelConfig, RunConfig
 from metaseg.data import TaskStore, episodes

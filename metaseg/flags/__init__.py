@@ -3,7 +3,7 @@
 Typical use::
 
     from absl import app
-    import flags
+    from metaseg import flags
 
     flags.define_flags()
     app.run(main, flags_parser=flags.parse_flags_or_exit)   # main(argv) then calls
@@ -14,10 +14,10 @@ Modules: ``table`` (every flag once), ``definitions`` (absl definitions, default
 ``convert`` (flags -> ``RunConfig``).
 """
 
-from flags.argv import normalize_argv, parse_flags, parse_flags_or_exit, suggest
-from flags.convert import run_config_from_argv_or_exit, to_run_config
-from flags.definitions import define_flags, flag_default
-from flags.table import FLAG_SPECS, FlagSpec
+from metaseg.flags.argv import normalize_argv, parse_flags, parse_flags_or_exit, suggest
+from metaseg.flags.convert import run_config_from_argv_or_exit, to_run_config
+from metaseg.flags.definitions import define_flags, flag_default
+from metaseg.flags.table import FLAG_SPECS, FlagSpec
 
 __all__ = [
     "FLAG_SPECS", "FlagSpec", "define_flags", "flag_default", "normalize_argv", "parse_flags",

@@ -13,8 +13,8 @@ from typing import Sequence
 from absl import flags as absl_flags
 from absl import logging
 
-from flags.argv import flag_error_message, parse_flags
-from flags.table import FLAG_SPECS
+from metaseg.flags.argv import flag_error_message, parse_flags
+from metaseg.flags.table import FLAG_SPECS
 from metaseg.config import RunConfig
 from metaseg.errors import ConfigError, exit_on_error
 

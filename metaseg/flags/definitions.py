@@ -12,7 +12,7 @@ from typing import Any, List
 
 from absl import flags as absl_flags
 
-from flags.table import FLAG_SPECS, FlagSpec
+from metaseg.flags.table import FLAG_SPECS, FlagSpec
 from metaseg.config import RunConfig
 
 
