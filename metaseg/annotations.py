@@ -117,8 +117,8 @@ def check_vertices(points, width: int, height: int, what: str) -> None:
     if bad.any():
         x, y = points[int(np.argmax(bad))]
         raise DataError(f"{what} has a vertex at ({x:g}, {y:g}), more than {tol:g} pixel outside "
-                        f"its {width}x{height} image ({int(bad.sum())} such vertices); fix the "
-                        "annotation (or the image size recorded with it)")
+                        f"its {width}x{height} image ({int(bad.sum())} of its {len(points)} "
+                        "vertices are); fix the annotation (or the image size recorded with it)")
 
 
 def _read_json(path: str):

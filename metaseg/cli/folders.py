@@ -194,17 +194,16 @@ def support_examples(path: str, category: Optional[str] = None,
 def _report_skipped(source: SupportSource, skipped: List[str], usable: int) -> None:
     """A warning naming each skipped image (up to ``MAX_NAMED_SKIPS``), then the count;
     DataError when nothing is left."""
-    what = f"{source.kind} {source.path}"
+    what, total = f"{source.kind} {source.path}", usable + len(skipped)
+    if not usable:
+        raise DataError(f"{what}: none of its {total} images has a "
+                        f"{source.category!r} object; choose another --category")
     for name in skipped[:MAX_NAMED_SKIPS]:
         logging.warning("%s: image %s has no %r object: skipped", what, name, source.category)
     if len(skipped) > MAX_NAMED_SKIPS:
         logging.warning("%s: %d more images without a %r object skipped (adaptation.json "
                         "lists them all under support_skipped)", what,
                         len(skipped) - MAX_NAMED_SKIPS, source.category)
-    total = usable + len(skipped)
-    if not usable:
-        raise DataError(f"{what}: none of its {total} annotated images has a "
-                        f"{source.category!r} object; choose another --category")
     if skipped:
         logging.warning("%s: %d of %d images have a %r object: adapting on those", what,
                         usable, total, source.category)
