@@ -11,7 +11,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["metaseg", "metaseg.*", "flags", "data_tools"]),
+    # flags/ holds flag files (--flagfile flags/quickstart.flags), not code: metaseg.flags
+    packages=find_packages(include=["metaseg", "metaseg.*", "data_tools"]),
     py_modules=["run_metasegnet"],
     package_data={"metaseg.resources": ["*.txt", "*.tsv", "*.md"],
                   "metaseg.app": ["static/*"],
@@ -29,6 +30,8 @@ setup(
         # with protobuf 7; it imports importlib_resources without declaring it on 3.9+.
         "tensorflow-datasets>=4.9.10",
         "importlib_resources",
+        # metaseg adapt --support COCO.json: polygons and RLE decoded as COCO defines them
+        "pycocotools",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist", "matplotlib", "keras-cv", "scikit-image",
