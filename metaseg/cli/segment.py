@@ -96,12 +96,14 @@ def _write(output: str, path: str, image: np.ndarray, mask: np.ndarray) -> None:
 
 
 def segment_files(segmenter: Segmenter, paths: Sequence[str], output: str,
-                  batch_size: int) -> List[Tuple[str, str]]:
+                  batch_size: int, scores=None) -> List[Tuple[str, str]]:
     """Write ``<output>/masks/<stem>.png`` and ``<output>/overlays/<stem>.png`` per image.
 
     Images are decoded and predicted ``batch_size`` at a time. An image that cannot be
     decoded is logged and skipped; returns [(path, reason)] of those. A file that cannot be
     written (a full disk) stops the run with a DataError; no partial file is left.
+    ``scores`` (``metaseg.cli.scores.MaskScores``): if given, each batch is predicted
+    flipped too and ``scores.add(paths, foreground [N,S,S], flipped-back foreground)``.
     """
     for sub in (MASKS_SUBDIR, OVERLAYS_SUBDIR):
         output_files.prepare_folder(os.path.join(output, sub), overwrite=True)
@@ -119,6 +121,9 @@ def segment_files(segmenter: Segmenter, paths: Sequence[str], output: str,
         if decoded:
             batch = tf.stack([to_model_size(image, segmenter.image_size) for _, image in decoded])
             foreground = segmenter.foreground(batch)
+            if scores is not None:
+                flipped = tf.reverse(segmenter.foreground(tf.reverse(batch, [2])), [2])
+                scores.add([path for path, _ in decoded], foreground.numpy(), flipped.numpy())
             for (path, image), probs in zip(decoded, tf.unstack(foreground)):
                 mask = to_mask(to_original_size(probs, image.shape[:2])).numpy()
                 _write(output, path, image, mask)

@@ -243,18 +243,37 @@ class Adapter:
         if key not in self._scorers:
             def scores(state, x, y, support_x, query_x, query_y, learning_rate, total_steps):
                 return self._adapt_and_score(state, x, y, support_x, query_x, query_y,
-                                             learning_rate, total_steps, score_fn, transductive)
+                                             learning_rate, tf.constant(0), total_steps,
+                                             score_fn, transductive)[1]
             self._scorers[key] = tf.function(scores, jit_compile=self.inner.jit_compile,
                                              input_signature=self._scoring_signature)
         return self._scorers[key]
 
+    def scoring_steps(self, score_fn, *, transductive: bool = True):
+        """:meth:`scoring_adaptation` that can be continued: ``f(state, x, y, support_x,
+        query_x, query_y, learning_rate, step_offset, total_steps) -> (state, scores [K])``,
+        the steps numbered from ``step_offset`` (as :meth:`adapt`), so consecutive calls on
+        consecutive chunks of the K mini-batches give the scores and state of one call
+        (a long adaptation never holds all K mini-batches at once)."""
+        key = ("steps", score_fn, bool(transductive))
+        if key not in self._scorers:
+            def steps(state, x, y, support_x, query_x, query_y, learning_rate, step_offset,
+                      total_steps):
+                return self._adapt_and_score(state, x, y, support_x, query_x, query_y,
+                                             learning_rate, step_offset, total_steps, score_fn,
+                                             transductive)
+            signature = self._scoring_signature[:-1] + [tf.TensorSpec([], tf.int32)] * 2
+            self._scorers[key] = tf.function(steps, jit_compile=self.inner.jit_compile,
+                                             input_signature=signature)
+        return self._scorers[key]
+
     def _adapt_and_score(self, state, x, y, support_x, query_x, query_y, learning_rate,
-                         total_steps, score_fn, transductive):
+                         step_offset, total_steps, score_fn, transductive):
         num_steps = tf.shape(x)[0]
         scores = tf.TensorArray(tf.float32, size=num_steps)
 
         def body(k, state, scores):
-            lr = optim.learning_rate_at(self.inner, learning_rate, k, total_steps)
+            lr = optim.learning_rate_at(self.inner, learning_rate, step_offset + k, total_steps)
             state, _ = self._step(state, x[k], y[k], lr)
             probs = predict_queries(self._predict, state, support_x, query_x,
                                     transductive=transductive)
@@ -264,9 +283,9 @@ class Adapter:
                 tf.cast(finite, tf.float32))
             return k + 1, state, scores.write(k, mean)
 
-        _, _, scores = tf.while_loop(
+        _, state, scores = tf.while_loop(
             lambda k, *_: k < num_steps, body, (tf.constant(0), state, scores))
-        return scores.stack()
+        return state, scores.stack()
 
     def _predict(self, state, images):
         """Foreground/background probabilities [N,S,S,2] in inference mode."""
