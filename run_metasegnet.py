@@ -18,7 +18,7 @@ from absl import flags as absl_flags
 
 from metaseg import flags
 from metaseg.flags import definitions
-from metaseg.errors import Interrupted, exit_on_error
+from metaseg.errors import Interrupted, exit_on_error, named_as
 from metaseg.quiet import import_tensorflow
 
 flags.define_flags()
@@ -53,12 +53,13 @@ def main(argv):
     # TensorFlow's C++ logs stay quiet unless --verbosity asks for more (or the user set it).
     import_tensorflow(verbose=logging.get_verbosity() > 0)
     from metaseg import pipeline  # pylint: disable=import-outside-toplevel
-    config = with_environment(flags.to_run_config())
-    try:
-        result = pipeline.run(config)
-    except Interrupted as e:  # Ctrl-C: the same command line goes on from the last checkpoint
-        raise Interrupted(f"{e}; to go on, run the same command again: "
-                          f"python {shlex.join(sys.argv)}") from None
+    with named_as(flags.flag_for_field):  # an error about a config field names its flag
+        config = with_environment(flags.to_run_config())
+        try:
+            result = pipeline.run(config)
+        except Interrupted as e:  # Ctrl-C: the same command line goes on from the last checkpoint
+            raise Interrupted(f"{e}; to go on, run the same command again: "
+                              f"python {shlex.join(sys.argv)}") from None
     print_summary(result)
     # Scripts grep this exact line, as they did the original's.
     print(f"Mean IoU over all meta-test tasks: {result.test.mean_iou}", flush=True)

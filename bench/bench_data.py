@@ -24,6 +24,7 @@ from PIL import Image
 
 from data_tools import fss_1000_image_to_tfrecord as convert
 from metaseg.data.tasks import TaskStore, list_tasks
+from metaseg.specs import BatchSpec, EpisodeSpec
 
 
 def make_fss_folder(root: str, num_classes: int, per_class: int, size: int, seed: int) -> None:
@@ -79,6 +80,13 @@ def bench_loading(shard_dir: str, image_size: int) -> Dict[str, float]:
 # The published FOMAML* run (REFERENCE.md section 10): 10 shots, tail 5, batch 8, 59 steps.
 PUBLISHED_EPISODE = dict(train_shots=10, inner_iters=59, inner_batch=8, foml_tail=5,
                          augment=True, aug_rate=0.5)
+
+
+def _episode_spec(args: dict) -> EpisodeSpec:
+    """``PUBLISHED_EPISODE``-shaped settings (the JSON's ``episode``) as the sampler's spec."""
+    return EpisodeSpec(args["train_shots"], args["inner_iters"],
+                       BatchSpec(args["inner_batch"], augment=args["augment"],
+                                 aug_rate=args["aug_rate"]), tail=args["foml_tail"])
 
 
 def _time_episodes(dataset, count: int) -> float:
@@ -152,7 +160,7 @@ def bench_prefetch_share(store, kind: str, inner_iters: int, episodes_per_run: i
     """
     from metaseg.data import episodes
     args = dict(PUBLISHED_EPISODE, inner_iters=inner_iters)
-    dataset = episodes.meta_training_dataset(store, seed=1, **args)
+    dataset = episodes.meta_training_dataset(store, _episode_spec(args), seed=1)
     step = _stand_in_step(kind, store.image_size, args["inner_batch"])
     ready = list(dataset.take(episodes_per_run + 1))
     _train_seconds(ready, step)  # compile and warm up
@@ -178,7 +186,7 @@ def bench_episodes(shard_dir: str, image_size: int, count: int = 4) -> Optional[
     """Episodes/s of the training sampler at the published shape, and the prefetch share."""
     from metaseg.data import episodes
     store = TaskStore.load(list_tasks(shard_dir), image_size)
-    dataset = episodes.meta_training_dataset(store, seed=0, **PUBLISHED_EPISODE)
+    dataset = episodes.meta_training_dataset(store, _episode_spec(PUBLISHED_EPISODE), seed=0)
     seconds = _time_episodes(dataset, count)
     slots = (PUBLISHED_EPISODE["inner_iters"] - 1) * PUBLISHED_EPISODE["inner_batch"]
     element = next(iter(dataset))

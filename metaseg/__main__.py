@@ -23,7 +23,7 @@ from typing import List, Optional
 
 from absl import logging
 
-from metaseg.errors import EXIT_USER_ERROR, exit_on_error
+from metaseg.errors import EXIT_USER_ERROR, exit_on_error, named_as
 from metaseg.quiet import import_tensorflow
 
 
@@ -112,7 +112,14 @@ def _run(argv: List[str]) -> int:
     import_tensorflow(verbose=args.verbose)
     logging.set_verbosity(logging.DEBUG if args.verbose else
                           logging.WARNING if args.quiet else logging.INFO)
-    return args.run(args)
+    with named_as(_flag_for_field(getattr(args, "field_flags", {}))):
+        return args.run(args)
+
+
+def _flag_for_field(field_flags: dict):
+    """How a config field is named in this subcommand's errors: its flag (the subcommand's
+    ``field_flags``), else as the checkpoint's config.json names it."""
+    return lambda path: field_flags.get(path) or f"config.json's {path}"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,6 +1,6 @@
 """Typed, frozen configuration: the only place defaults live.
 
-``flags/`` turns command-line flags into these objects at the edge; library code takes
+``metaseg.flags`` turns command-line flags into these objects at the edge; library code takes
 them (or explicit arguments) and never reads ``absl.flags.FLAGS``. Defaults are the
 original's (``spec/FLAGS.md``). Each ``__post_init__`` validates its own fields and
 raises ``ConfigError`` (a ``ValueError``) naming the flag to change, so a user mistake ends in one line.
@@ -17,10 +17,14 @@ from typing import Optional, Tuple
 from absl import logging
 
 from metaseg.errors import ConfigError
+from metaseg.specs import EpisodeSpec
 
 BACKBONES = ("efficientnet-b0", "efficientnet-b3")
 SCHEDULES = ("fixed", "constant", "cosine_anneal", "step", "step_decay")
 ALGORITHMS = ("reptile", "fomaml")
+# MetaConfig.carry_over: how batch-norm statistics and optimiser slots pass between the
+# tasks of meta-training (metaseg/meta/carry_over.py).
+CARRY_OVER_POLICIES = ("sequential", "reset", "mean")
 # ModelConfig.mixed_precision; bf16 = Keras's "mixed_bfloat16" policy. Not a command-line
 # flag: on the measured CPU it lost 8.9 IoU points and was slower (README, Mixed precision).
 PRECISIONS = ("fp32", "bf16")
@@ -167,7 +171,7 @@ class InnerConfig:
         _positive(self.weight_decay, "--weight-decay")
         _require(0.0 <= self.label_smoothing < 1.0,
                  f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        _require(0.0 <= self.aug_rate <= 1.0, f"--aug_rate must be in [0, 1], got {self.aug_rate}")
+        # aug_rate is checked with the batches it draws (metaseg.specs.BatchSpec, by RunConfig)
 
     @property
     def optimizer(self) -> str:
@@ -192,16 +196,19 @@ class MetaConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     # The original carried batch-norm statistics and optimiser slots from task to task
-    # during meta-training (REFERENCE.md section 11); True resets them per task.
+    # during meta-training (REFERENCE.md section 11); True resets them per task, the same
+    # as carry_over="reset".
     reset_state_per_task: bool = False
     seed: int = 0
+    # One of CARRY_OVER_POLICIES; None: "reset" with reset_state_per_task, else "sequential"
+    # on one device and "mean" under a tf.distribute strategy (the tasks run in parallel).
+    carry_over: Optional[str] = None
 
     def __post_init__(self):
         _finite_floats(self)
         _require(self.algorithm in ALGORITHMS,
                  f"meta algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         for value, flag in ((self.meta_iters, "--meta-iters"), (self.meta_batch, "--meta-batch"),
-                            (self.train_shots, "--train-shots"), (self.inner_batch, "--inner-batch"),
                             (self.inner_iters, "--inner-iters"),
                             (self.eval_interval, "--eval-interval"),
                             (self.checkpoint_every, "--checkpoint_every"),
@@ -210,12 +217,15 @@ class MetaConfig:
         _require(self.meta_step >= 0, f"--meta-step must be >= 0, got {self.meta_step}")
         _require(self.meta_step_final >= 0,
                  f"--meta-step-final must be >= 0, got {self.meta_step_final}")
+        _require(self.carry_over in (None,) + CARRY_OVER_POLICIES,
+                 f"--carry_over must be one of {', '.join(CARRY_OVER_POLICIES)}, "
+                 f"got {self.carry_over!r}")
+        _require(not self.reset_state_per_task or self.carry_over in (None, "reset"),
+                 f"--reset_state_per_task means --carry_over reset, which contradicts "
+                 f"--carry_over {self.carry_over}; pass only one of them")
         if self.foml_tail is not None:
             _require(self.algorithm == "fomaml", "--foml-tail needs --foml")
-            _positive(self.foml_tail, "--foml-tail")
-            _require(self.foml_tail < self.train_shots,
-                     f"--foml-tail ({self.foml_tail}) must be smaller than --train-shots "
-                     f"({self.train_shots}): the tail is held out of the training shots")
+        EpisodeSpec.training(self)  # shots, batch size and tail (FieldError naming the field)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,10 +248,8 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for value, flag in ((self.shots, "--shots"), (self.eval_batch, "--eval-batch"),
-                            (self.eval_samples, "--eval-samples")):
-            _positive(value, flag)
-        _require(self.eval_iters >= 0, f"--eval-iters must be >= 0, got {self.eval_iters}")
+        _positive(self.eval_samples, "--eval-samples")
+        EpisodeSpec.evaluation(self)  # shots, batch size, steps (FieldError naming the field)
 
     @property
     def query_size(self) -> int:
@@ -411,23 +419,17 @@ class RunConfig:
         _require(not (self.kshot.enabled and self.data.tfds_name),
                  "--run_k_shot_learning_curves_experiment reads the FP-k classes from shards "
                  "(--data-dir), not from a --dataset tfds:NAME")
-        self._check_batches_fit()
+        self._check_episodes()
         if self.data.dataset == "synthetic":
             self._check_synthetic_size()
 
-    def _check_batches_fit(self) -> None:
-        # With --replacement every mini-batch is a fresh draw of distinct examples, so a batch
-        # cannot be larger than the examples it is drawn from (the original crashed here).
-        if not self.inner.replacement:
-            return
-        drawn_from = self.meta.train_shots - (self.meta.foml_tail or 0)
-        what = "--train-shots minus --foml-tail" if self.meta.foml_tail else "--train-shots"
-        _require(self.meta.inner_batch <= drawn_from,
-                 f"--inner-batch ({self.meta.inner_batch}) must be <= {what} ({drawn_from}) "
-                 "with --replacement; lower it or drop --replacement")
-        _require(self.eval.eval_batch <= self.eval.shots,
-                 f"--eval-batch ({self.eval.eval_batch}) must be <= --shots ({self.eval.shots}) "
-                 "with --replacement; lower it or drop --replacement")
+    def _check_episodes(self) -> None:
+        # The episodes of the run with its inner settings (augmentation rate, and with
+        # --replacement a batch of distinct examples fits the shots: the original crashed
+        # there). UHO may replace --eval-iters 0 by the steps it finds, so the evaluation
+        # batches are checked as if steps were taken.
+        EpisodeSpec.training(self.meta, self.inner)
+        EpisodeSpec.evaluation(self.eval, self.inner, steps=max(1, self.eval.eval_iters))
 
     def _check_synthetic_size(self) -> None:
         per_class = self.synthetic.examples_per_class

@@ -8,8 +8,11 @@ a non-zero exit code, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import re
 import sys
+from typing import Callable
 
 
 class MetasegError(Exception):
@@ -18,6 +21,44 @@ class MetasegError(Exception):
 
 class ConfigError(MetasegError, ValueError):
     """A flag or config value that is out of range or inconsistent with another."""
+
+
+class FieldError(ConfigError):
+    """A config value out of range or inconsistent with another; ``field`` is its path in
+    ``RunConfig`` (e.g. ``"eval.eval_batch"``).
+
+    The message names config fields as ``{eval.eval_batch}`` (see :func:`field`): ``str()``
+    shows the paths, and a command line shows its own flag for each (:func:`named_as`), so a
+    ``run_metasegnet.py`` user reads ``--eval-batch`` and a ``metaseg`` user that command's
+    spelling.
+    """
+
+    def __init__(self, field_path: str, template: str,
+                 name_of: Callable[[str], str] = lambda path: path):
+        self.field, self.template = field_path, template
+        super().__init__(self.spelled(name_of))
+
+    def spelled(self, name_of: Callable[[str], str]) -> str:
+        """The message with every ``{field path}`` replaced by ``name_of(field path)``."""
+        return _FIELD.sub(lambda m: name_of(m.group(1)), self.template)
+
+
+_FIELD = re.compile(r"\{([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*)\}")
+
+
+def field(path: str) -> str:
+    """``path`` marked for a FieldError message: ``f"{field('eval.shots')} must be ..."``."""
+    return "{" + path + "}"
+
+
+@contextlib.contextmanager
+def named_as(name_of: Callable[[str], str]):
+    """Inside: a FieldError is raised again with its fields spelt ``name_of(path)`` (a command
+    line's flags), the same ``field``."""
+    try:
+        yield
+    except FieldError as e:
+        raise FieldError(e.field, e.template, name_of) from None
 
 
 class DataError(MetasegError):

@@ -5,7 +5,7 @@
     python run_metasegnet.py --flagfile flags/quickstart.flags --pretrained \\
         --checkpoint runs/joint
 
-Every ``run_metasegnet.py`` flag is accepted, in either spelling (``flags`` package), so one
+Every ``run_metasegnet.py`` flag is accepted, in either spelling (``metaseg.flags``), so one
 flagfile describes the data, split and model of both the baseline and its evaluation. Read
 here: the data and split flags (``--data-dir``, ``--dataset`` and ``--synthetic_*``,
 ``--cache_dir``, ``--image_size``, ``--test_tasks_file``, ``--val_tasks_file``,
@@ -26,7 +26,7 @@ from absl import flags as absl_flags
 
 from metaseg import flags
 from metaseg.config import JointTrainConfig
-from metaseg.errors import ConfigError, exit_on_error
+from metaseg.errors import ConfigError, exit_on_error, named_as
 from metaseg.quiet import import_tensorflow
 
 # What joint training reads of RunConfig: whole sections, and single fields.
@@ -62,8 +62,9 @@ def config_from_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> 
     if ignored:
         logging.warning("Joint training ignores %s (meta-training and evaluation flags)",
                         ", ".join(ignored))
-    return JointTrainConfig(flags.to_run_config(flag_values), epochs=flag_values.epochs,
-                            batch_size=flag_values.batch_size)
+    with named_as(flags.flag_for_field):  # an error about a config field names its flag
+        run = flags.to_run_config(flag_values)
+    return JointTrainConfig(run, epochs=flag_values.epochs, batch_size=flag_values.batch_size)
 
 
 @exit_on_error

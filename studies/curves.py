@@ -19,6 +19,7 @@ from metaseg.config import RunConfig
 from metaseg.data import episodes
 from metaseg.evaluation import metrics
 from metaseg.meta.adapt import Adapter
+from metaseg.specs import EpisodeSpec
 
 
 def task_curves(adapter: Adapter, config: RunConfig, store, max_steps: int,
@@ -38,9 +39,8 @@ def task_curves(adapter: Adapter, config: RunConfig, store, max_steps: int,
     start = adapter.initial_state()
     lr = tf.constant(learning_rate, tf.float32)
     data = episodes.evaluation_dataset(
-        store, list(range(len(store))), shots=config.eval.shots, eval_iters=max_steps,
-        eval_batch=config.eval.eval_batch, replacement=config.inner.replacement,
-        augment=config.inner.augment, aug_rate=config.inner.aug_rate, seed=config.eval.seed)
+        store, list(range(len(store))),
+        EpisodeSpec.evaluation(config.eval, config.inner, steps=max_steps), seed=config.eval.seed)
     rows = []
     for element in data:
         scores = scoring(start, element["x"], element["y"], element["support_x"],

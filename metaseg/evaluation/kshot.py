@@ -50,6 +50,7 @@ from metaseg.evaluation import early_stopping, metrics
 from metaseg.evaluation.kshot_report import (PLOT_NAME, KShotResults, KShotRow, mean_by_k,
                                              plot_curves, write_csv)
 from metaseg.meta.adapt import Adapter, AdaptState
+from metaseg.specs import BatchSpec
 
 K_RANGE = (1, 5, 10, 50, 100, 200, 400)
 QUERY_IMAGES = 20
@@ -191,13 +192,11 @@ class KShotExperiment:
 
     def batches(self, images, masks, steps: int, seed):
         """Inner batches x float32 [steps, B, S, S, 3], y [steps, B, S, S, 2], B =
-        ``--eval-batch`` (with --replacement a batch holds distinct examples, so at most n)."""
-        inner = self.config.inner
-        batch = self.config.eval.eval_batch
-        batch = min(batch, int(images.shape[0])) if inner.replacement else batch
-        return make_inner_batches(images, masks, num_batches=steps, batch_size=batch,
-                                  replacement=inner.replacement, seed=seed,
-                                  augment=inner.augment, aug_rate=inner.aug_rate)
+        ``--eval-batch`` (with --replacement a batch holds distinct examples, so at most n:
+        ``BatchSpec.fitted``)."""
+        batches = BatchSpec.evaluation(self.config.eval, self.config.inner)
+        return make_inner_batches(images, masks, batches.fitted(int(images.shape[0])),
+                                  num_batches=steps, seed=seed)
 
     def score(self, state: AdaptState, images, masks) -> float:
         """Mean binary IoU (NaNs ignored) of images float32 [n, S, S, 3] against masks."""

@@ -39,6 +39,7 @@ from metaseg.evaluation.evaluate import Evaluator
 from metaseg.evaluation.model_variants import copy_weights
 from metaseg.meta.adapt import Adapter
 from metaseg.models import build_model
+from metaseg.specs import EpisodeSpec
 
 # The original's names, used as CSV columns.
 LR, DROP, AUG, BATCH = "lr", "drop_rate", "aug_rate", "inner_batch_size"
@@ -130,11 +131,11 @@ class UpdateHyperparameterSearch:
         self._check()
 
     def _check(self) -> None:
-        uho, shots = self.uho, self.eval.shots
-        if self.inner.replacement and uho.batch_size_search_range_high > shots:
-            raise ConfigError(
-                f"--batch_size_search_range_high ({uho.batch_size_search_range_high}) must be "
-                f"<= --shots ({shots}) with --replacement; lower it or drop --replacement")
+        uho = self.uho
+        # the largest batch the search may sample must fit the support set
+        EpisodeSpec.evaluation(self.eval, self.inner, steps=uho.max_steps,
+                               batch_size=uho.batch_size_search_range_high,
+                               fields={"size": "uho.batch_size_search_range_high"})
         if uho.aug_rate_search_range_low != uho.aug_rate_search_range_high and \
                 not self.inner.augment:
             logging.warning("UHO searches --aug_rate but --augment is off, so it has no effect")
@@ -180,10 +181,12 @@ class UpdateHyperparameterSearch:
                                             transductive=self.eval.transductive)
         start = adapter.initial_state()
         tasks, best_steps, mious = [], [], []
-        data = episodes.evaluation_dataset(
-            store, range(len(store)), shots=self.eval.shots, eval_iters=uho.max_steps,
-            eval_batch=batch, replacement=self.inner.replacement, augment=self.inner.augment,
-            aug_rate=float(values[AUG]), seed=self.eval.seed, sample=0, prefetch=1)
+        episode = EpisodeSpec.evaluation(
+            self.eval, self.inner, steps=uho.max_steps, batch_size=batch,
+            aug_rate=float(values[AUG]), fields={"size": "uho.batch_size_search_range_high",
+                                                 "aug_rate": "uho.aug_rate_search_range_high"})
+        data = episodes.evaluation_dataset(store, range(len(store)), episode,
+                                           seed=self.eval.seed, sample=0, prefetch=1)
         for element in data:
             scores = scorer(start, element["x"], element["y"], element["support_x"],
                             element["query_x"], element["query_y"], tf.constant(lr, tf.float32),

@@ -17,9 +17,10 @@ Modules: ``table`` (every flag once), ``definitions`` (absl definitions, default
 from metaseg.flags.argv import normalize_argv, parse_flags, parse_flags_or_exit, suggest
 from metaseg.flags.convert import run_config_from_argv_or_exit, to_run_config
 from metaseg.flags.definitions import define_flags, flag_default
-from metaseg.flags.table import FLAG_SPECS, FlagSpec
+from metaseg.flags.table import FLAG_SPECS, FlagSpec, flag_for_field
 
 __all__ = [
-    "FLAG_SPECS", "FlagSpec", "define_flags", "flag_default", "normalize_argv", "parse_flags",
+    "FLAG_SPECS", "FlagSpec", "define_flags", "flag_default", "flag_for_field", "normalize_argv",
+    "parse_flags",
     "parse_flags_or_exit", "run_config_from_argv_or_exit", "suggest", "to_run_config",
 ]

@@ -14,13 +14,15 @@ from absl import flags as absl_flags
 from absl import logging
 
 from metaseg.flags.argv import flag_error_message, parse_flags
-from metaseg.flags.table import FLAG_SPECS
+from metaseg.flags.table import FLAG_SPECS, flag_for_field
 from metaseg.config import RunConfig
-from metaseg.errors import ConfigError, exit_on_error
+from metaseg.errors import ConfigError, exit_on_error, named_as
 
 
 def to_run_config(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> RunConfig:
-    """Build the run's config from parsed flags. Raises ``ConfigError`` on a bad value."""
+    """Build the run's config from parsed flags. Raises ``ConfigError`` on a bad value (a
+    ``FieldError`` naming the config field: ``metaseg.errors.named_as(flag_for_field)``
+    spells it as the flag)."""
     sections = {name: {} for name in RunConfig.sections()}
     top = {}
     for spec in FLAG_SPECS:
@@ -49,4 +51,5 @@ def run_config_from_argv_or_exit(
         parse_flags(argv, flag_values)
     except absl_flags.Error as e:
         raise ConfigError(flag_error_message(e)) from None
-    return to_run_config(flag_values)
+    with named_as(flag_for_field):  # a config field's error names its flag
+        return to_run_config(flag_values)

@@ -178,7 +178,15 @@ _META = [
           "Most recent meta-training checkpoints kept on disk."),
     _flag("reset_state_per_task", "bool", "meta.reset_state_per_task",
           "Reset batch-norm statistics and inner-optimiser slots for every task during "
-          "meta-training (the original carried them over; published checkpoints rely on it)."),
+          "meta-training (the original carried them over; published checkpoints rely on it)."
+          " The same as --carry_over reset."),
+    _flag("carry_over", "str", "meta.carry_over",
+          "How batch-norm statistics and inner-optimiser slots pass between the tasks of a "
+          "meta-batch: sequential (each task starts from the previous task's end state; the "
+          "original's), reset (every task from the saved statistics and fresh slots; the "
+          "statistics kept are the mean over the tasks) or mean (every task from the same "
+          "state; the mean of the tasks' end states is kept). Default: sequential on one "
+          "device, mean under a --distribution_strategy (its tasks run in parallel)."),
 ]
 
 _EVAL = [
@@ -250,3 +258,12 @@ _DISTRIBUTE = [
 FLAG_SPECS: Tuple[FlagSpec, ...] = tuple(_RUN + _DATA + _MODEL + _INNER + _META + _EVAL
                                          + _UHO + _KSHOT + _DISTRIBUTE)
 
+
+def flag_for_field(path: str) -> str:
+    """``--name`` of the flag that sets config field ``path`` (``"eval.eval_batch"`` ->
+    ``"--eval-batch"``), as errors carrying a field (``metaseg.errors.FieldError``) are spelt
+    for ``run_metasegnet.py`` users; ``path`` itself if no flag sets it."""
+    for spec in FLAG_SPECS:
+        if path in spec.targets:
+            return f"--{spec.name}"
+    return path

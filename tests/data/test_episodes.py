@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from metaseg.data import episodes
 from metaseg.data.tasks import TaskStore
-from metaseg.errors import ConfigError, DataError
+from metaseg.errors import DataError, FieldError
+from metaseg.specs import TRAINING_FIELDS, BatchSpec, EpisodeSpec
 
 S = 32
 COUNTS = (10, 12, 15, 6)
@@ -68,7 +69,7 @@ def _assert_walk(flat, items):
 
 
 def test_without_replacement_batches_span_shuffled_passes():
-    idx = episodes.inner_batch_indices(5, 4, 8, False, _seed(0)).numpy()
+    idx = episodes.inner_batch_indices(5, 4, BatchSpec(8, False), _seed(0)).numpy()
     assert idx.shape == (4, 8) and idx.dtype == np.int32
     flat = idx.reshape(-1)
     _assert_walk(flat, range(5))
@@ -80,7 +81,7 @@ def test_without_replacement_batches_span_shuffled_passes():
 
 
 def test_without_replacement_smaller_batches_walk_across_batches():
-    idx = episodes.inner_batch_indices(10, 7, 3, False, _seed(1)).numpy()
+    idx = episodes.inner_batch_indices(10, 7, BatchSpec(3, False), _seed(1)).numpy()
     flat = idx.reshape(-1)
     assert sorted(flat[:10].tolist()) == list(range(10))
     assert sorted(flat[10:20].tolist()) == list(range(10))
@@ -88,7 +89,7 @@ def test_without_replacement_smaller_batches_walk_across_batches():
 
 
 def test_with_replacement_each_batch_is_distinct_and_fresh():
-    idx = episodes.inner_batch_indices(5, 50, 4, True, _seed(2)).numpy()
+    idx = episodes.inner_batch_indices(5, 50, BatchSpec(4, True), _seed(2)).numpy()
     assert idx.shape == (50, 4)
     assert all(len(set(row.tolist())) == 4 for row in idx)
     assert idx.min() == 0 and idx.max() == 4
@@ -99,14 +100,20 @@ def test_with_replacement_each_batch_is_distinct_and_fresh():
 
 
 def test_with_replacement_batch_larger_than_support_is_a_config_error():
-    with pytest.raises(ConfigError, match="--inner-batch.*--replacement"):
-        episodes.inner_batch_indices(5, 3, 8, True, _seed(0))
+    with pytest.raises(FieldError, match=r"size \(8\) must be <= the 5 support examples with "
+                                         "replacement") as info:
+        episodes.inner_batch_indices(5, 3, BatchSpec(8, True), _seed(0))
+    assert info.value.field == "size"  # a spec built without config fields names its own
+    named = BatchSpec(8, True, fields=TRAINING_FIELDS)
+    with pytest.raises(FieldError, match=r"meta.inner_batch \(8\).*inner.replacement") as info:
+        episodes.inner_batch_indices(5, 3, named, _seed(0))
+    assert info.value.field == "meta.inner_batch"
 
 
 def test_indices_are_a_function_of_the_seed_and_agree_for_tensor_sizes():
-    a = episodes.inner_batch_indices(5, 4, 8, False, _seed(7)).numpy()
-    b = episodes.inner_batch_indices(tf.constant(5), 4, 8, False, _seed(7)).numpy()
-    c = episodes.inner_batch_indices(5, 4, 8, False, _seed(8)).numpy()
+    a = episodes.inner_batch_indices(5, 4, BatchSpec(8, False), _seed(7)).numpy()
+    b = episodes.inner_batch_indices(tf.constant(5), 4, BatchSpec(8, False), _seed(7)).numpy()
+    c = episodes.inner_batch_indices(5, 4, BatchSpec(8, False), _seed(8)).numpy()
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -122,8 +129,8 @@ def _support(store, task=0, n=5):
 
 def test_make_inner_batches_gathers_support_examples_in_walk_order(store):
     images, masks, rows = _support(store)
-    x, y = episodes.make_inner_batches(images, masks, num_batches=4, batch_size=8,
-                                       replacement=False, seed=_seed(0))
+    x, y = episodes.make_inner_batches(images, masks, BatchSpec(8), num_batches=4,
+                                       seed=_seed(0))
     assert x.shape == (4, 8, S, S, 3) and y.shape == (4, 8, S, S, 2)
     ids = _ids(x, y)
     position = {r: i for i, r in enumerate(rows)}
@@ -132,10 +139,10 @@ def test_make_inner_batches_gathers_support_examples_in_walk_order(store):
 
 def test_make_inner_batches_augment_rate_0_and_1(store):
     images, masks, _ = _support(store)
-    kwargs = dict(num_batches=3, batch_size=4, replacement=True, seed=_seed(4))
-    plain = episodes.make_inner_batches(images, masks, **kwargs)
-    none = episodes.make_inner_batches(images, masks, augment=True, aug_rate=0.0, **kwargs)
-    every = episodes.make_inner_batches(images, masks, augment=True, aug_rate=1.0, **kwargs)
+    kwargs = dict(num_batches=3, seed=_seed(4))
+    plain = episodes.make_inner_batches(images, masks, BatchSpec(4, True), **kwargs)
+    none = episodes.make_inner_batches(images, masks, BatchSpec(4, True, True, 0.0), **kwargs)
+    every = episodes.make_inner_batches(images, masks, BatchSpec(4, True, True, 1.0), **kwargs)
     np.testing.assert_array_equal(plain[0], none[0])
     np.testing.assert_array_equal(plain[1], none[1])
     for slot, original in zip(np.reshape(every[0], (-1, S, S, 3)), np.reshape(plain[0], (-1, S, S, 3))):
@@ -145,8 +152,8 @@ def test_make_inner_batches_augment_rate_0_and_1(store):
 
 def test_make_inner_batches_with_zero_batches():
     images, masks = tf.zeros([5, S, S, 3]), tf.zeros([5, S, S, 2])
-    x, y = episodes.make_inner_batches(images, masks, num_batches=0, batch_size=8,
-                                       replacement=False, seed=_seed(0), augment=True)
+    x, y = episodes.make_inner_batches(images, masks, BatchSpec(8, augment=True), num_batches=0,
+                                       seed=_seed(0))
     assert x.shape == (0, 8, S, S, 3) and y.shape == (0, 8, S, S, 2)
 
 
@@ -168,16 +175,24 @@ def test_sample_task_examples_returns_all_when_the_task_is_small(store):
 
 
 # ---------------------------------------------------------------- meta-training
-TRAIN = dict(train_shots=4, inner_iters=3, inner_batch=6)
+def _training(shots, steps, batch, replacement=False, augment=False, aug_rate=0.5, tail=None,
+              tail_with_replacement=False):
+    return EpisodeSpec(shots, steps, BatchSpec(batch, replacement, augment, aug_rate,
+                                               fields=TRAINING_FIELDS),
+                       tail=tail, tail_with_replacement=tail_with_replacement,
+                       fields=TRAINING_FIELDS)
+
+
+TRAIN = _training(shots=4, steps=3, batch=6)
 
 
 @pytest.fixture(scope="module")
 def train_elements(store):
-    return _take(episodes.meta_training_dataset(store, seed=7, **TRAIN), 24)
+    return _take(episodes.meta_training_dataset(store, TRAIN, seed=7), 24)
 
 
 def test_training_elements_have_static_shapes(store):
-    spec = episodes.meta_training_dataset(store, seed=7, **TRAIN).element_spec
+    spec = episodes.meta_training_dataset(store, TRAIN, seed=7).element_spec
     assert spec["x"].shape == (3, 6, S, S, 3) and spec["y"].shape == (3, 6, S, S, 2)
     assert spec["task"].shape == () and spec["task"].dtype == tf.int32
 
@@ -195,9 +210,9 @@ def test_training_episode_is_one_task_walked_in_passes(train_elements):
 
 
 def test_training_is_deterministic_and_resumes_at_start_index(store, train_elements):
-    again = _take(episodes.meta_training_dataset(store, seed=7, **TRAIN), 24)
-    resumed = _take(episodes.meta_training_dataset(store, seed=7, start_index=10, **TRAIN), 14)
-    other = _take(episodes.meta_training_dataset(store, seed=8, **TRAIN), 4)
+    again = _take(episodes.meta_training_dataset(store, TRAIN, seed=7), 24)
+    resumed = _take(episodes.meta_training_dataset(store, TRAIN, seed=7, start_index=10), 14)
+    other = _take(episodes.meta_training_dataset(store, TRAIN, seed=8), 4)
     for a, b in zip(train_elements, again):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
@@ -208,8 +223,7 @@ def test_training_is_deterministic_and_resumes_at_start_index(store, train_eleme
 
 
 def test_foml_tail_is_held_out_and_never_augmented(store):
-    kwargs = dict(train_shots=6, inner_iters=4, inner_batch=4, foml_tail=2, seed=1)
-    dataset = episodes.meta_training_dataset(store, **kwargs)
+    dataset = episodes.meta_training_dataset(store, _training(6, 4, 4, tail=2), seed=1)
     spec = dataset.element_spec
     assert spec["x"].shape == (3, 4, S, S, 3) and spec["tail_x"].shape == (2, S, S, 3)
     assert spec["tail_y"].shape == (2, S, S, 2)
@@ -217,7 +231,8 @@ def test_foml_tail_is_held_out_and_never_augmented(store):
         body, tail = set(_ids(e["x"], e["y"]).ravel()), set(_ids(e["tail_x"], e["tail_y"]))
         assert len(body) == 4 and len(tail) == 2 and not body & tail
         assert body | tail <= _task_rows(int(e["task"]))
-    augmented = episodes.meta_training_dataset(store, augment=True, aug_rate=1.0, **kwargs)
+    augmented = episodes.meta_training_dataset(
+        store, _training(6, 4, 4, augment=True, aug_rate=1.0, tail=2), seed=1)
     for plain, e in zip(_take(dataset, 3), _take(augmented, 3)):
         np.testing.assert_array_equal(plain["tail_x"], e["tail_x"])
         np.testing.assert_array_equal(plain["tail_y"], e["tail_y"])
@@ -226,8 +241,7 @@ def test_foml_tail_is_held_out_and_never_augmented(store):
 
 def test_foml_tail_with_replacement_draws_both_parts_from_the_shots(store):
     dataset = episodes.meta_training_dataset(
-        store, train_shots=6, inner_iters=3, inner_batch=4, replacement=True, foml_tail=2,
-        tail_with_replacement=True, seed=2)
+        store, _training(6, 3, 4, replacement=True, tail=2, tail_with_replacement=True), seed=2)
     assert dataset.element_spec["x"].shape == (2, 4, S, S, 3)
     overlap = False
     for e in _take(dataset, 12):
@@ -238,18 +252,35 @@ def test_foml_tail_with_replacement_draws_both_parts_from_the_shots(store):
     assert overlap  # unlike the split, the parts may share examples
 
 
-def test_training_argument_errors_name_the_flag(store):
-    with pytest.raises(ConfigError, match="--foml-tail"):
-        episodes.meta_training_dataset(store, train_shots=4, inner_iters=2, inner_batch=2,
-                                       foml_tail=4)
-    with pytest.raises(ConfigError, match="--inner-batch"):
-        episodes.meta_training_dataset(store, train_shots=4, inner_iters=2, inner_batch=5,
-                                       replacement=True)
-    with pytest.raises(ConfigError, match="--inner-iters"):
-        episodes.meta_training_dataset(store, train_shots=4, inner_iters=0, inner_batch=2)
+@pytest.mark.parametrize("spec, field, message", [
+    (dict(shots=4, steps=2, batch=2, tail=4), "meta.foml_tail",
+     "meta.foml_tail (4) must be smaller than meta.train_shots (4)"),
+    (dict(shots=4, steps=2, batch=5, replacement=True), "meta.inner_batch",
+     "meta.inner_batch (5) must be <= meta.train_shots (4) with inner.replacement"),
+    (dict(shots=6, steps=2, batch=5, replacement=True, tail=2), "meta.inner_batch",
+     "meta.inner_batch (5) must be <= meta.train_shots minus meta.foml_tail (4)"),
+    (dict(shots=4, steps=0, batch=2, tail=1), "meta.inner_iters",
+     "meta.inner_iters must be positive with meta.foml_tail"),
+    (dict(shots=0, steps=2, batch=2), "meta.train_shots", "meta.train_shots must be positive"),
+    (dict(shots=4, steps=-1, batch=2), "meta.inner_iters", "meta.inner_iters must be >= 0"),
+    (dict(shots=4, steps=2, batch=0), "meta.inner_batch", "meta.inner_batch must be positive"),
+    (dict(shots=4, steps=2, batch=2, augment=True, aug_rate=1.5), "inner.aug_rate",
+     "inner.aug_rate must be in [0, 1], got 1.5"),
+])
+def test_episode_spec_errors_carry_the_field(spec, field, message):
+    with pytest.raises(FieldError) as info:
+        _training(**spec)
+    assert info.value.field == field and message in str(info.value), str(info.value)
+
+
+def test_training_data_errors_name_the_tasks_or_the_field(store):
     with pytest.raises(DataError, match="task3.*--foml-tail"):
-        episodes.meta_training_dataset(store, train_shots=10, inner_iters=2, inner_batch=2,
-                                       foml_tail=6)
+        episodes.meta_training_dataset(store, _training(10, 2, 2, tail=6))
+    # task3 has 6 examples: a batch of 7 distinct ones fits the 8 shots but not that task
+    with pytest.raises(FieldError, match=r"meta.inner_batch \(7\) must be <= the examples of "
+                                         r"the smallest task \(6\)") as info:
+        episodes.meta_training_dataset(store, _training(8, 2, 7, replacement=True))
+    assert info.value.field == "meta.inner_batch"
 
 
 # ---------------------------------------------------------------- evaluation
@@ -276,13 +307,11 @@ def test_evaluation_task_too_small_names_task_and_shots(store):
     with pytest.raises(DataError, match="task3.*--shots"):
         episodes.evaluation_episode(store, 3, shots=5, seed=0)
     with pytest.raises(DataError, match="task3"):
-        episodes.evaluation_dataset(store, [0, 3], shots=2, eval_iters=1, eval_batch=2,
-                                    replacement=False, augment=False, aug_rate=0.5, seed=0)
+        episodes.evaluation_dataset(store, [0, 3], EpisodeSpec(2, 1, BatchSpec(2)), seed=0)
 
 
 def test_evaluation_dataset_matches_episodes_and_trains_on_support_only(store):
-    dataset = episodes.evaluation_dataset(store, [2, 0, 1], shots=5, eval_iters=3, eval_batch=8,
-                                          replacement=False, augment=False, aug_rate=0.5,
+    dataset = episodes.evaluation_dataset(store, [2, 0, 1], EpisodeSpec(5, 3, BatchSpec(8)),
                                           seed=3, sample=1)
     spec = dataset.element_spec
     assert spec["x"].shape == (3, 8, S, S, 3) and spec["query_y"].shape == (5, S, S, 2)
@@ -299,8 +328,9 @@ def test_evaluation_dataset_matches_episodes_and_trains_on_support_only(store):
 
 
 def test_evaluation_dataset_with_no_inner_steps(store):
-    dataset = episodes.evaluation_dataset(store, [0], shots=5, eval_iters=0, eval_batch=8,
-                                          replacement=True, augment=True, aug_rate=0.5, seed=0)
+    # no inner step, no batch to fill: a batch of 8 distinct examples need not fit 5 shots
+    episode = EpisodeSpec(5, 0, BatchSpec(8, replacement=True, augment=True))
+    dataset = episodes.evaluation_dataset(store, [0], episode, seed=0)
     (e,) = _take(dataset, 1)
     assert e["x"].shape == (0, 8, S, S, 3) and e["y"].shape == (0, 8, S, S, 2)
     assert e["support_x"].shape == (5, S, S, 3)

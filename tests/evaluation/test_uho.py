@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from metaseg import flags
 from metaseg import pipeline
 from metaseg.config import (DataConfig, EvalConfig, InnerConfig, MetaConfig, RunConfig,
                             UHOConfig)
 from metaseg.data import SHARD_SUFFIX, write_shard
-from metaseg.errors import ConfigError, DataError
+from metaseg.errors import ConfigError, DataError, FieldError
 from metaseg.evaluation import metrics, uho
 from metaseg.evaluation.early_stopping import EarlyStopper, scan
 from metaseg.evaluation.evaluate import Evaluator
@@ -255,11 +256,13 @@ def test_bad_ranges_and_budgets(changes, message):
 
 
 def test_batch_larger_than_shots_with_replacement():
-    with pytest.raises(ConfigError, match=r"--batch_size_search_range_high \(8\) must be <= "
-                                          r"--shots \(3\) with --replacement"):
+    with pytest.raises(FieldError) as info:
         uho.UpdateHyperparameterSearch(
             tiny_logits_model(), dataclasses.replace(INNER, replacement=True), EVAL,
             dataclasses.replace(SEARCH, batch_size_search_range_high=8))
+    assert info.value.field == "uho.batch_size_search_range_high"
+    assert info.value.spelled(flags.flag_for_field).startswith(
+        "--batch_size_search_range_high (8) must be <= --shots (3) with --replacement")
 
 
 def test_results_csv_name_gets_the_shot_count():
