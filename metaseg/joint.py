@@ -26,14 +26,13 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from metaseg import pipeline
+from metaseg import checkpoints, pipeline
 from metaseg.config import InnerConfig, JointTrainConfig
 from metaseg.data import TaskStore
 from metaseg.data.augment import as_seed, fold_seed, maybe_augment_batch
 from metaseg.data.shards import mask_to_two_channel
 from metaseg.errors import CheckpointError, DataError
 from metaseg.evaluation import metrics
-from metaseg.meta import checkpoints
 from metaseg.models import losses
 
 KEEP_CHECKPOINTS = 2
@@ -81,26 +80,22 @@ def pooled_dataset(store: TaskStore, *, batch_size: int, seed: int = 0, augment:
 
 class MetasegCheckpoint(keras.callbacks.Callback):
     """After every epoch, write the model in metaseg's checkpoint layout (``checkpoints``):
-    trainable and non-trainable weights by position, and ``iteration`` = optimiser steps."""
+    trainable and non-trainable weights by position, and ``iteration`` = optimiser steps;
+    the newest ``keep`` are kept, and the one of the lowest epoch loss."""
 
     def __init__(self, model: keras.Model, directory: str, keep: int = KEEP_CHECKPOINTS):
         super().__init__()
-        net = getattr(model, "logits_model", model)
-        self._iteration = tf.Variable(0, dtype=tf.int64, trainable=False)
-        state = tf.train.Checkpoint(trainable=list(net.trainable_variables),
-                                    non_trainable=list(net.non_trainable_variables),
-                                    iteration=self._iteration)
-        self._manager = tf.train.CheckpointManager(
-            state, directory, max_to_keep=keep, checkpoint_name=checkpoints.CHECKPOINT_NAME)
+        self._state = checkpoints.MetaState(model)  # the weights alone: no optimiser bucket
+        self._saver = checkpoints.Saver(self._state.checkpoint, directory, keep)
 
     @property
     def iteration(self) -> int:
-        return int(self._iteration.numpy())
+        return int(self._state.iteration.numpy())
 
     def on_epoch_end(self, epoch, logs=None):
-        self._iteration.assign(int(self.model.optimizer.iterations.numpy()))
-        path = self._manager.save(checkpoint_number=self.iteration)
-        logging.info("Epoch %d: wrote %s", epoch + 1, path)
+        self._state.iteration.assign(int(self.model.optimizer.iterations.numpy()))
+        saved = self._saver.save(self.iteration, (logs or {}).get("loss"))
+        logging.info("Epoch %d: wrote %s", epoch + 1, saved.prefix)
 
 
 def segmentation_loss_fn(inner: InnerConfig):

@@ -21,7 +21,7 @@ from typing import Optional
 import keras
 from absl import logging
 
-from metaseg import distribute, presets
+from metaseg import checkpoints, distribute, presets
 from metaseg.config import QUERY_SIZE, RunConfig
 from metaseg.data import (Splits, TaskStore, image_lists, list_tasks, make_splits,
                           read_class_list)
@@ -31,9 +31,9 @@ from metaseg.evaluation import kshot
 from metaseg.evaluation import uho
 from metaseg.evaluation.evaluate import EvalResults, Evaluator, write_results
 from metaseg.evaluation.kshot_report import KShotResults
-from metaseg.meta import checkpoints, run_directory, saving
+from metaseg.meta import run_directory
 from metaseg.meta.trainer import MetaTrainer
-from metaseg.models import build_model, is_tf1_checkpoint, load_tf1_checkpoint
+from metaseg.models import build_model
 
 QUICKSTART_HINT = ("pass --data-dir DIR (a folder of <class>.tfrecord.gzip shards) or "
                    "--dataset synthetic for the embedded benchmark; see the README quickstart: "
@@ -92,32 +92,21 @@ def build(config: RunConfig) -> keras.Model:
     return build_model(config.model, image_size=config.data.image_size)
 
 
-def _check_restorable(directory: str) -> None:
-    if not (checkpoints.is_metaseg_checkpoint(directory) or is_tf1_checkpoint(directory)
-            or presets.find(directory) is not None):  # a damaged preset: its own error
+def _check_restorable(directory: str) -> checkpoints.Found:
+    found = checkpoints.detect(directory)  # a damaged checkpoint or preset: its own error
+    if found.kind is checkpoints.Kind.NONE:
         raise DataError(f"--pretrained: --checkpoint {directory} holds no metaseg or TF1 "
                         "checkpoint and is no preset; pass the directory meta-training "
                         "wrote, an authors' checkpoint directory, or a preset folder or name "
                         f"({', '.join(presets.shipped()) or 'none shipped'})")
+    return found
 
 
 def restore(model: keras.Model, directory: str, *, skip_final_layer: bool) -> None:
     """Load ``directory`` into ``model``: our checkpoints, the authors' TF1 ones and presets
     (folders, or names of shipped ones) alike."""
-    preset = None if checkpoints.is_metaseg_checkpoint(directory) or is_tf1_checkpoint(
-        directory) else presets.find(directory)
-    if preset is not None:
-        presets.load_weights(model, preset, skip_final_layer=skip_final_layer)
-        logging.info("Restored preset %s (%s)", preset.name, preset.directory)
-    elif checkpoints.is_metaseg_checkpoint(directory):
-        iteration = checkpoints.restore_weights(model, directory,
-                                                skip_final_layer=skip_final_layer)
-        logging.info("Restored metaseg checkpoint %s (meta-iteration %d)", directory, iteration)
-    elif is_tf1_checkpoint(directory):
-        load_tf1_checkpoint(model, directory, skip_final_layer=skip_final_layer)
-        logging.info("Restored TF1 checkpoint %s", directory)
-    else:
-        _check_restorable(directory)
+    checkpoints.load_into(model, _check_restorable(directory),
+                          skip_final_layer=skip_final_layer)
 
 
 def _store(tasks, config: RunConfig, min_examples: int, purpose: str = "",
@@ -153,7 +142,7 @@ def interrupted_message(config: RunConfig) -> str:
     """What Ctrl-C leaves: the newest checkpoint and what rerunning the command does."""
     if config.pretrained:
         return f"interrupted while evaluating --checkpoint {config.checkpoint}; nothing was written"
-    saved = saving.listed(config.checkpoint)
+    saved = checkpoints.listed(config.checkpoint)
     if not saved:
         return (f"interrupted before the first checkpoint of {config.checkpoint} (one is "
                 f"written every --checkpoint_every {config.meta.checkpoint_every} "

@@ -15,7 +15,7 @@ from metaseg import joint, joint_train, pipeline
 from metaseg.config import DataConfig, EvalConfig, ModelConfig, RunConfig
 from metaseg.data import SHARD_SUFFIX, TaskStore, episodes, write_shard
 from metaseg.evaluation.metrics import binary_iou
-from metaseg.meta import checkpoints
+from metaseg import checkpoints
 from metaseg.models import build_model
 from tests.cli.conftest import subprocess_env
 from tests.conftest import time_limit
@@ -121,7 +121,7 @@ def test_checkpoint_layout_config_and_tensorboard(trained):
     result, config, _ = trained
     directory = result.checkpoint
     assert result.iteration == EPOCHS * STEPS_PER_EPOCH
-    assert checkpoints.is_metaseg_checkpoint(directory)
+    assert checkpoints.detect(directory).kind.is_metaseg
     assert checkpoints.latest(directory).endswith(f"model.ckpt-{result.iteration}")
     kept = sorted(f for f in os.listdir(directory) if f.endswith(".index"))
     assert kept == [f"model.ckpt-{2 * STEPS_PER_EPOCH}.index",

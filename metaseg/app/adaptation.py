@@ -22,8 +22,9 @@ from metaseg.app import review
 from metaseg.app.jobs import Job
 from metaseg.app.workdir import APP, CONFIDENCE_FILE, MASKS, OVERLAYS, WorkDir, stem, \
     write_json
-from metaseg.cli import adapt as cli_adapt, checkpoint, folders, segment
-from metaseg.cli.checkpoint import ADAPTED_SUBDIR
+from metaseg import checkpoints
+from metaseg.checkpoints import ADAPTED_SUBDIR
+from metaseg.cli import adapt as cli_adapt, folders, segment
 from metaseg.errors import ConfigError, DataError
 from metaseg.evaluation.predictions import overlay
 
@@ -66,7 +67,7 @@ def open_initialisation(init: Optional[str]):
     """(checkpoint Source, defaults {steps, learning_rate, hyperparameters_from, image_size})."""
     if not init:
         raise ConfigError("no initialisation to adapt: restart the app with --init CHECKPOINT")
-    source = checkpoint.open_checkpoint(init, "--init")
+    source = checkpoints.open_checkpoint(init, "--init")
     size = cli_adapt.check_image_size(source.config.data.image_size)
     steps, rate, origin = cli_adapt.hyperparameters(source, None, None)
     return source, {"init": init, "steps": steps, "learning_rate": rate,
@@ -102,7 +103,7 @@ def run(workdir: WorkDir, init: str, request: AdaptRequest, job: Job, model_lock
         record = cli_adapt.adaptation_record(source, pairs, steps=steps, learning_rate=rate,
                                              size=size, seed=request.seed, origin=origin,
                                              losses=losses)
-        checkpoint.save_adapted(model, state.opt, os.path.join(scratch, ADAPTED_SUBDIR),
+        checkpoints.save_adapted(model, state.opt, os.path.join(scratch, ADAPTED_SUBDIR),
                                 cli_adapt.adapted_config(source, size, workdir.model), record)
         skipped = _predict(workdir, model, size, scratch, job)
         job.check_cancelled()

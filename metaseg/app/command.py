@@ -55,7 +55,8 @@ def resolve(workdir: str, images, init):
                           "folder stored yet (the first `metaseg app` in it must name one)")
     if init is None:
         init = stored.get("init") or (wd.read_json(
-            os.path.join(workdir, "model", "adaptation.json"), {}) or {}).get("initialisation")
+            os.path.join(workdir, wd.ADAPTED_SUBDIR, wd.ADAPTATION_FILE), {})
+            or {}).get("initialisation")
     if not os.path.isdir(images):
         raise DataError(f"--images folder {os.path.abspath(images)} does not exist or is not a "
                         "folder")

@@ -29,8 +29,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from metaseg.checkpoints import ADAPTATION_FILE, ADAPTED_SUBDIR
 from metaseg.cli import folders
-from metaseg.cli.checkpoint import ADAPTATION_FILE, ADAPTED_SUBDIR
 from metaseg.errors import DataError, MetasegError
 
 MASKS, OVERLAYS, SUPPORT, APP = "masks", "overlays", "support", "app"

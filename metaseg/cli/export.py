@@ -65,16 +65,17 @@ def check_output(path: str, fmt: str, overwrite: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     # pylint: disable=import-outside-toplevel
     import tensorflow as tf
-    from metaseg.cli import checkpoint, segment
+    from metaseg import checkpoints
+    from metaseg.cli import segment
     if args.quantize and args.format != "litert":
         raise ConfigError(f"--quantize {args.quantize} applies to --format litert only, not "
                           f"--format {args.format}")
     if args.format in ("litert", "onnx"):
         from metaseg.cli import deploy
         deploy.require(args.format)  # before the model is built: the missing extra first
-    source = checkpoint.open_checkpoint(args.model, "--model")
+    source = checkpoints.open_checkpoint(args.model, "--model")
     check_output(args.output, args.format, args.overwrite)
-    model = checkpoint.build_and_restore(source)
+    model = checkpoints.build_and_restore(source)
     size = source.config.data.image_size
     from metaseg.cli import output
     output.prepare_folder(os.path.dirname(os.path.abspath(args.output)), overwrite=True)

@@ -15,7 +15,7 @@ import numpy as np
 from metaseg.config import RunConfig
 
 if TYPE_CHECKING:  # TensorFlow is imported by the functions, after the flags are parsed
-    from metaseg.cli import checkpoint
+    from metaseg import checkpoints
 
 # pylint: disable=import-outside-toplevel,redefined-outer-name
 
@@ -30,20 +30,6 @@ def add_parser(subparsers, parents) -> None:
     p.set_defaults(run=run)
 
 
-def architecture(config: RunConfig) -> str:
-    m = config.model
-    parts = [f"{m.model_name} with {m.feature_extractor_name} backbone",
-             "--rsd " + " ".join(str(r) for r in m.rsd) if m.rsd else "no RSD blocks"]
-    if m.spatial_pyramid_pooling:
-        parts.append("ASPP")
-    if m.skip_decoding:
-        parts.append("skip decoder")
-    if not m.rsd_residual:
-        parts.append("RSD residuals disabled")
-    parts.append(f"final-layer dropout {m.final_layer_dropout_rate:g}")
-    return ", ".join(parts)
-
-
 def inner_loop(config: RunConfig, steps: int, batch: int) -> str:
     i = config.inner
     optimiser = "SGD" if i.sgd else "Adam"
@@ -54,21 +40,20 @@ def inner_loop(config: RunConfig, steps: int, batch: int) -> str:
             + (f" + {', '.join(extras)}" if extras else ""))
 
 
-def _metaseg_lines(source: checkpoint.Source) -> List[Tuple[str, str]]:
-    from metaseg import checkpoint_reader
-    from metaseg.meta import checkpoints
-    prefix = checkpoints.latest(source.directory)
-    values = checkpoint_reader.read_tensors(prefix)  # every value: a truncated file is named
+def _metaseg_lines(source: checkpoints.Source) -> List[Tuple[str, str]]:
+    from metaseg import checkpoints
+    prefix = source.found.prefix
+    values = checkpoints.read_tensors(prefix)  # every value: a truncated file is named
     iteration = int(values[checkpoints.ITERATION_KEY])
     shapes = {name: np.shape(value) for name, value in values.items()}
     weights = sum(int(np.prod(s)) for n, s in shapes.items() if n.startswith("trainable/"))
     config, meta = source.config, source.config.meta
-    if source.adaptation is not None:
+    if source.kind is checkpoints.Kind.ADAPTED:
         a = source.adaptation
         what = (f"adapted model (metaseg adapt) from {a.get('initialisation')} "
                 f"({a.get('kind')}) on {len(a.get('support', []))} support images: "
                 f"{a.get('steps')} steps at learning rate {a.get('learning_rate'):g}")
-    elif any(n.startswith("optimizer/") for n in shapes):
+    elif source.kind is checkpoints.Kind.RUN:
         what = f"meta-trained initialisation, meta-iteration {iteration} of {meta.meta_iters}"
     else:
         what = f"fine-tuned model written by evaluation ({iteration} steps)"
@@ -76,7 +61,7 @@ def _metaseg_lines(source: checkpoint.Source) -> List[Tuple[str, str]]:
     return [
         ("checkpoint", f"{prefix} (metaseg)"),
         ("what", what),
-        ("architecture", f"{architecture(config)}; {weights:,} trainable weights"),
+        ("architecture", f"{checkpoints.architecture(config)}; {weights:,} trainable weights"),
         ("image size", f"{config.data.image_size} px"),
         ("meta-training", f"{meta.algorithm}{tail}, meta-batch {meta.meta_batch}, "
                           f"{meta.train_shots} train shots, meta step {meta.meta_step:g} -> "
@@ -87,11 +72,11 @@ def _metaseg_lines(source: checkpoint.Source) -> List[Tuple[str, str]]:
     ]
 
 
-def _tf1_lines(source: checkpoint.Source) -> List[Tuple[str, str]]:
-    from metaseg import checkpoint_reader
-    from metaseg.models.tf1_checkpoint import read_checkpoint_shapes, resolve_checkpoint_prefix
-    prefix = resolve_checkpoint_prefix(source.directory)
-    values = checkpoint_reader.read_tensors(prefix)
+def _tf1_lines(source: checkpoints.Source) -> List[Tuple[str, str]]:
+    from metaseg import checkpoints
+    from metaseg.models.tf1_checkpoint import read_checkpoint_shapes
+    prefix = source.found.prefix
+    values = checkpoints.read_tensors(prefix)
     step = (f", global step {int(values['global_step'])}" if "global_step" in values else "")
     weights = sum(int(np.prod(s)) for s in read_checkpoint_shapes(prefix).values())
     config = source.config
@@ -99,16 +84,17 @@ def _tf1_lines(source: checkpoint.Source) -> List[Tuple[str, str]]:
         ("checkpoint", f"{prefix} (authors' TF1 code)"),
         ("what", f"TF1 checkpoint{step}; its settings are not stored, metaseg assumes the "
                  "published FSS-1000 evaluation (the original ml4ai/mliis run.sh)"),
-        ("architecture", f"{architecture(config)} (read from the variable names; dropout as "
-                         f"published); {weights:,} stored values incl. batch-norm statistics"),
+        ("architecture", f"{checkpoints.architecture(config)} (read from the variable names; "
+                         f"dropout as published); {weights:,} stored values incl. batch-norm "
+                         "statistics"),
         ("image size", f"{config.data.image_size} px (published)"),
         ("evaluation", f"{config.eval.shots} shots, "
                        + inner_loop(config, config.eval.eval_iters, config.eval.eval_batch)),
     ]
 
 
-def _preset_lines(source: checkpoint.Source) -> List[Tuple[str, str]]:
-    from metaseg import presets
+def _preset_lines(source: checkpoints.Source) -> List[Tuple[str, str]]:
+    from metaseg import checkpoints
     m, config, meta = source.preset.metadata, source.config, source.config.meta
     weights = m.get("weights", {})
     return [
@@ -116,8 +102,9 @@ def _preset_lines(source: checkpoint.Source) -> List[Tuple[str, str]]:
                        f"{m.get('format_version')}, metaseg {m.get('metaseg_version')})"),
         ("what", m.get("description") or "preset"),
         ("trained on", m.get("trained_on", "not recorded")),
-        ("architecture", f"{architecture(config)}; {weights.get('count', 0):,} weights in "
-                         f"{presets.WEIGHTS_FILE} ({weights.get('stored_as', '')})"),
+        ("architecture", f"{checkpoints.architecture(config)}; {weights.get('count', 0):,} "
+                         f"weights in {checkpoints.preset_files.WEIGHTS_FILE} "
+                         f"({weights.get('stored_as', '')})"),
         ("image size", f"{config.data.image_size} px"),
         ("meta-training", f"{m.get('training', {}).get('how', '-')}, meta-batch "
                           f"{meta.meta_batch}, {meta.train_shots} train shots, meta step "
@@ -128,12 +115,12 @@ def _preset_lines(source: checkpoint.Source) -> List[Tuple[str, str]]:
     ]
 
 
-def describe(source: checkpoint.Source) -> List[Tuple[str, str]]:
+def describe(source: checkpoints.Source) -> List[Tuple[str, str]]:
     """[(key, value)] describing ``source``."""
-    from metaseg.cli import checkpoint
-    lines = {checkpoint.METASEG: _metaseg_lines, checkpoint.PRESET: _preset_lines}.get(
-        source.kind, _tf1_lines)(source)
-    lr, steps = checkpoint.uho_values(source.raw)
+    from metaseg import checkpoints
+    lines = (_metaseg_lines if source.kind.is_metaseg else _preset_lines
+             if source.kind is checkpoints.Kind.PRESET else _tf1_lines)(source)
+    lr, steps = checkpoints.uho_values(source.raw)
     if lr is None and steps is None:
         uho = "none stored (metaseg adapt uses the evaluation steps and learning rate)"
     else:
@@ -143,8 +130,8 @@ def describe(source: checkpoint.Source) -> List[Tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metaseg.cli import checkpoint
-    source = checkpoint.open_checkpoint(args.checkpoint, "CHECKPOINT")
+    from metaseg import checkpoints
+    source = checkpoints.open_checkpoint(args.checkpoint, "CHECKPOINT")
     rows = describe(source)
     width = max(len(key) for key, _ in rows) + 1
     for key, value in rows:

@@ -21,7 +21,7 @@ import math
 import os
 import re
 import uuid
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -102,9 +102,11 @@ def _write_failure(path: str, error: BaseException) -> ShardWriteError:
         "--overwrite keeps them)")
 
 
-def write_text_atomic(path: PathLike, text: str) -> None:
+def write_text_atomic(path: PathLike, text: str,
+                      failure: Optional[Callable[[str, OSError], Exception]] = None) -> None:
     """Write a small text file (split list, marker, statistics) under a temporary name and
-    rename it; on failure no temporary file is left and the error is a ShardWriteError."""
+    rename it; on failure no temporary file is left and the error is a ShardWriteError, or
+    ``failure(path, os_error)`` (e.g. the checkpoint writer's CheckpointError)."""
     path = os.fspath(path)
     tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
     try:
@@ -115,7 +117,7 @@ def write_text_atomic(path: PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(e, OSError):
-            raise _write_failure(path, e) from None
+            raise (failure or _write_failure)(path, e) from None
         raise
 
 

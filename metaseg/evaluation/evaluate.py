@@ -25,13 +25,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from metaseg import distribute
+from metaseg import checkpoints, distribute
 from metaseg.config import EvalConfig, InnerConfig
 from metaseg.data import episodes
 from metaseg.data.progress import Progress
 from metaseg.evaluation import metrics, predictions
 from metaseg.evaluation.fold_metrics import FoldMetrics
-from metaseg.meta import checkpoints
 from metaseg.meta.adapt import Adapter, AdaptState, predict_queries
 
 RESULTS_FILE = "meta-test_results.json"
@@ -202,22 +201,9 @@ class Evaluator:
     def _save(self, state: AdaptState, directory: str, steps: int) -> None:
         """Write an adapted state in metaseg's checkpoint layout (loadable by restore_weights)."""
         if self._saver is None:
-            shadow = tf.nest.map_structure(lambda t: tf.Variable(t, trainable=False),
-                                           (list(state.trainable), list(state.non_trainable)))
-            iteration = tf.Variable(0, dtype=tf.int64)
-            self._saver = (shadow, iteration, tf.train.Checkpoint(
-                trainable=shadow[0], non_trainable=shadow[1], iteration=iteration))
-        shadow, iteration, checkpoint = self._saver
-        for var, value in zip(shadow[0] + shadow[1], list(state.trainable) +
-                              list(state.non_trainable)):
-            var.assign(value)
-        iteration.assign(steps)
-        os.makedirs(directory, exist_ok=True)
-        checkpoint.write(os.path.join(directory, f"model.ckpt-{steps}"))
-        with open(os.path.join(directory, "checkpoint"), "w", encoding="utf-8") as f:
-            f.write(f'model_checkpoint_path: "model.ckpt-{steps}"\n')
-        if self.run_config is not None:
-            checkpoints.write_config(directory, self.run_config)
+            self._saver = checkpoints.Snapshot()
+        self._saver.save(directory, state.trainable, state.non_trainable, steps,
+                         config=self.run_config)
 
 
 def write_results(directory: str, results: EvalResults, name: str = RESULTS_FILE) -> str:

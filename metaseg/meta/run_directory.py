@@ -23,7 +23,7 @@ from typing import Iterator, Optional
 from absl import logging
 
 from metaseg.errors import CheckpointError
-from metaseg.meta import checkpoints
+from metaseg import checkpoints
 
 LOCK_FILE = ".metaseg.lock"
 

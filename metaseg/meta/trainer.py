@@ -25,12 +25,11 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from metaseg import distribute
+from metaseg import checkpoints, distribute
 from metaseg.config import InnerConfig, MetaConfig
 from metaseg.data import episodes
-from metaseg import checkpoint_reader
 from metaseg.errors import CheckpointError, MetasegError
-from metaseg.meta import checkpoints, saving, weights
+from metaseg.meta import weights
 from metaseg.meta.adapt import Adapter, AdaptState
 from metaseg.meta.algorithms import annealed_meta_step, make_algorithm, outer_update
 from metaseg.meta.replicated import ReplicatedMetaStep
@@ -85,7 +84,8 @@ class MetaTrainer:
             self._replicated = ReplicatedMetaStep(
                 self.strategy, self.adapter, self.algorithm, self.state,
                 meta_batch=meta.meta_batch, reset_state_per_task=meta.reset_state_per_task)
-        self.saver = saving.Saver(self.state.checkpoint, checkpoint_dir, meta.keep_checkpoints)
+        self.saver = checkpoints.Saver(self.state.checkpoint, checkpoint_dir,
+                                       meta.keep_checkpoints)
         self._writers = {}
 
     # -- resume ------------------------------------------------------------------------------
@@ -95,8 +95,9 @@ class MetaTrainer:
         ``model.ckpt-N`` prefix in it). Returns the restored iteration (0: nothing)."""
         prefix, directory = checkpoints.latest(self.checkpoint_dir), self.checkpoint_dir
         if prefix is None and source:
-            prefix, directory = checkpoints.resolve(source)
-            if prefix is None:
+            found = checkpoints.detect(source)
+            prefix, directory = found.prefix, found.directory
+            if not found.kind.is_metaseg:
                 raise CheckpointError(
                     f"--continue_training_from_checkpoint {source} holds no metaseg checkpoint; "
                     "pass a directory meta-training wrote, or one of its model.ckpt-N")
@@ -109,9 +110,7 @@ class MetaTrainer:
         stored = checkpoints.read_config(directory)
         if stored is not None and self.config:
             checkpoints.check_same_settings(directory, stored, self.config, RESUME_KEYS)
-        checkpoint_reader.read_tensors(prefix)  # a truncated checkpoint is one line
-        self.state.checkpoint.restore(prefix).assert_existing_objects_matched()
-        iteration = int(self.state.iteration.numpy())
+        iteration = checkpoints.restore_state(self.state, prefix)  # damaged: one line
         logging.info("Resumed meta-training from %s at iteration %d", prefix, iteration)
         return iteration
 
@@ -121,7 +120,7 @@ class MetaTrainer:
         or else from ``resume_from`` (see ``restore``); returns the final iteration."""
         meta = self.meta
         if self.is_chief:  # staging folders and .tmp files of a killed or failed run
-            saving.remove_stale(self.checkpoint_dir)
+            checkpoints.remove_stale(self.checkpoint_dir)
         start = self.restore(resume_from)
         if start >= meta.meta_iters:
             logging.info("Checkpoint is already at iteration %d of %d; nothing to train",
@@ -131,7 +130,7 @@ class MetaTrainer:
             checkpoints.write_config(self.checkpoint_dir, self.config)
         stream = iter(self._episodes(start))
         progress = _Progress(meta.meta_iters, start)
-        losses = []  # since the last checkpoint: its loss, for rotation (saving.py)
+        losses = []  # since the last checkpoint: its loss, for rotation (checkpoints.Saver)
         for iteration in range(start, meta.meta_iters):
             tic = time.perf_counter()
             epsilon = annealed_meta_step(iteration, meta.meta_iters, meta.meta_step,
@@ -267,10 +266,10 @@ class MetaTrainer:
 def _saved_summary(directory: str) -> str:
     """What is on disk to go back to, said plainly: the newest checkpoint and, when the
     loss has risen since, the lowest-loss one rotation kept."""
-    saved = saving.listed(directory)
+    saved = checkpoints.listed(directory)
     if not saved:
         return f"no checkpoint was written to {directory} yet"
-    newest, best = saved[-1], saving.lowest_loss(saved)
+    newest, best = saved[-1], checkpoints.lowest_loss(saved)
     text = f"newest checkpoint: {newest.describe()}"
     if best is not None and best != newest:
         text += (f"; lowest-loss checkpoint (kept out of rotation): {best.describe()}, to "

@@ -17,8 +17,8 @@ from typing import Dict, List, Optional
 import tensorflow as tf
 from absl import logging
 
-from metaseg import checkpoint_reader
 from metaseg.errors import CheckpointError, ConfigError
+from metaseg.models import checkpoint_files
 from metaseg.models.efficientlab import EfficientLab
 from metaseg.models.tf1_names import ENCODER, FINAL, tf1_variables
 
@@ -77,7 +77,7 @@ def resolve_checkpoint_prefix(path: str) -> str:
 
 def read_checkpoint_shapes(prefix: str) -> Dict[str, List[int]]:
     """Variable name -> shape of every weight in the checkpoint (bookkeeping dropped)."""
-    shapes = checkpoint_reader.variable_shapes(prefix)
+    shapes = checkpoint_files.variable_shapes(prefix)
     return {n: s for n, s in shapes.items() if not _is_ignored(n)}
 
 
@@ -173,7 +173,7 @@ def load_tf1_checkpoint(model, path: str, *, skip_final_layer: bool = False,
     unexpected = [] if encoder_only else sorted(n for n in shapes if n not in known)
     _check_names(prefix, list(wanted), shapes, unexpected)
     _check_shapes(prefix, wanted, shapes)
-    values = checkpoint_reader.read_tensors(prefix)  # all read before any is assigned
+    values = checkpoint_files.read_tensors(prefix)  # all read before any is assigned
     for name, variable in wanted.items():
         variable.assign(values[name])
     logging.info("Restored %d variables from TF1 checkpoint %s", len(wanted), prefix)

@@ -14,7 +14,7 @@ import pytest
 
 from metaseg.__main__ import main
 from metaseg.cli import folders
-from metaseg.meta import checkpoints
+from metaseg import checkpoints
 from tests.app.conftest import BROKEN, SCENES, make_client, png, read_png, scene_mask
 from tests.cli.test_metaseg_cli import trainable
 from tests.conftest import time_limit
@@ -198,7 +198,7 @@ def test_adapt_job_predictions_download_export_and_the_cli_continuing(scenes, in
     record = json.loads((work / "model" / "adaptation.json").read_text())
     assert record["steps"] == 4 and record["seed"] == 1 and len(record["support_losses"]) == 4
     assert record["support_losses"][-1] == pytest.approx(job["loss"])
-    assert checkpoints.is_metaseg_checkpoint(str(work / "model"))
+    assert checkpoints.detect(str(work / "model")).kind is checkpoints.Kind.ADAPTED
 
     for name, w, h in SCENES:
         response = client.get(f"/api/predictions/{name}")

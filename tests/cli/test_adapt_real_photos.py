@@ -21,7 +21,7 @@ from skimage import data as skimage_data
 from skimage.color import rgb2gray
 from skimage.filters import threshold_otsu
 
-from metaseg.cli import checkpoint as cli_checkpoint
+from metaseg import checkpoints
 from metaseg.cli import segment
 from tests.cli.conftest import REPO, subprocess_env
 from tests.cli.test_metaseg_cli import SIZE, read_png, save_initialisation
@@ -87,7 +87,7 @@ def adapt(init, support, query, masks, output, *extra):
 def batch_statistics_ious(model_dir, query, masks):
     """IoU of the adapted weights on the support images predicted as one batch with batch
     statistics (training mode, dropout off), resized and thresholded as metaseg predicts."""
-    model = cli_checkpoint.build_and_restore(cli_checkpoint.open_checkpoint(str(model_dir),
+    model = checkpoints.build_and_restore(checkpoints.open_checkpoint(str(model_dir),
                                                                             "--model"))
     for layer in model._flatten_layers():  # pylint: disable=protected-access
         if isinstance(layer, keras.layers.Dropout):

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from metaseg.cli import checkpoint as cli_checkpoint
 from metaseg.cli.segment import to_model_size
 from metaseg.config import DataConfig, InnerConfig, ModelConfig, RunConfig
-from metaseg.meta import checkpoints
+from metaseg import checkpoints
 from metaseg.meta.adapt import Adapter
 from metaseg.models import MODELS, register_model
 from metaseg.pipeline import build
@@ -59,14 +58,13 @@ def save_model_initialisation(directory, model_name):
                        inner=InnerConfig(sgd=True), checkpoint=str(directory))
     model = build(config)
     state = checkpoints.MetaState(model, Adapter(model, config.inner).initial_state().opt)
-    tf.train.CheckpointManager(state.checkpoint, str(directory), max_to_keep=1,
-                               checkpoint_name=checkpoints.CHECKPOINT_NAME).save(1)
+    checkpoints.Saver(state.checkpoint, str(directory), keep=1).save(1)
     checkpoints.write_config(str(directory), dataclasses.asdict(config))
     return directory
 
 
 def keras_model(init):
-    return cli_checkpoint.build_and_restore(cli_checkpoint.open_checkpoint(str(init), "--model"))
+    return checkpoints.build_and_restore(checkpoints.open_checkpoint(str(init), "--model"))
 
 
 @pytest.fixture(scope="module")

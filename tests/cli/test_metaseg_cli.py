@@ -15,10 +15,9 @@ import tensorflow as tf
 from PIL import Image
 
 from metaseg.__main__ import main
-from metaseg.cli import checkpoint as cli_checkpoint
 from metaseg.cli.segment import Segmenter
 from metaseg.config import DataConfig, EvalConfig, InnerConfig, ModelConfig, RunConfig
-from metaseg.meta import checkpoints
+from metaseg import checkpoints
 from metaseg.meta.adapt import Adapter
 from metaseg.pipeline import build
 from tests.cli.conftest import own_stderr_lines, subprocess_env
@@ -72,8 +71,7 @@ def save_initialisation(directory, eval_batch=2):
     model = build(config)
     state = checkpoints.MetaState(model, Adapter(model, config.inner).initial_state().opt)
     state.iteration.assign(7)
-    tf.train.CheckpointManager(state.checkpoint, str(directory), max_to_keep=1,
-                               checkpoint_name=checkpoints.CHECKPOINT_NAME).save(7)
+    checkpoints.Saver(state.checkpoint, str(directory), keep=1).save(7)
     checkpoints.write_config(str(directory), {**dataclasses.asdict(config),
                                               "uho_learning_rate": UHO_LR, "uho_steps": UHO_STEPS})
     return directory
@@ -132,7 +130,7 @@ def check_adapt(init, support, query, out):
     assert any("b.png" in m and "same aspect ratio" in m for m in warnings)
     # the adapted model: our layout, UHO's steps and rate, weights moved away from the init
     model_dir = out / "model"
-    assert checkpoints.is_metaseg_checkpoint(str(model_dir))
+    assert checkpoints.detect(str(model_dir)).kind is checkpoints.Kind.ADAPTED
     saved, initial = (json.loads((d / "config.json").read_text()) for d in (model_dir, init))
     assert saved == {**initial, "checkpoint": str(model_dir)}  # the same model, same UHO values
     record = json.loads((model_dir / "adaptation.json").read_text())
@@ -198,8 +196,8 @@ def check_export(adapted, query, tmp_path):
         capture_output=True, text=True, env=subprocess_env(), timeout=time_limit(300), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     reloaded = np.load(tmp_path / "out.npz")
-    source = cli_checkpoint.open_checkpoint(str(adapted), "--model")
-    model = cli_checkpoint.build_and_restore(source)
+    source = checkpoints.open_checkpoint(str(adapted), "--model")
+    model = checkpoints.build_and_restore(source)
     np.testing.assert_allclose(reloaded["probabilities"], model(inputs, training=False),
                                atol=1e-5)
     segmenter = Segmenter(model, SIZE)

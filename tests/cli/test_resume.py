@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from metaseg.meta import checkpoints
+from metaseg import checkpoints
 from tests.cli.conftest import REPO, own_stderr_lines, run_script, subprocess_env
 
 # flags/quickstart.flags, shrunk: 32 px, one task per meta-batch, one inner step.

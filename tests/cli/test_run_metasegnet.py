@@ -18,7 +18,7 @@ from metaseg.data import TaskStore, episodes
 from metaseg.errors import MetasegError
 from metaseg.evaluation.evaluate import RESULTS_FILE, summary_path
 from metaseg.evaluation.metrics import binary_iou
-from metaseg.meta import checkpoints
+from metaseg import checkpoints
 from metaseg.models import build_model
 from tests.cli.conftest import TEST_CLASSES, own_stderr_lines, run_script, subprocess_env
 
@@ -75,7 +75,7 @@ def test_meta_train_then_evaluate_subprocess(trained):
     files = set(os.listdir(checkpoint))
     assert {"model.ckpt-2.index", "checkpoint", "config.json", RESULTS_FILE} <= files
     assert not any(name.endswith(".tmp") for name in files)
-    assert checkpoints.is_metaseg_checkpoint(str(checkpoint))
+    assert checkpoints.detect(str(checkpoint)).kind is checkpoints.Kind.RUN
     # config.json is the resolved config of these flags, and rebuilds it exactly
     saved = RunConfig.from_json((checkpoint / "config.json").read_text())
     assert saved == config_from_words(words)

@@ -16,7 +16,7 @@ from metaseg.config import EvalConfig, InnerConfig
 from metaseg.data import episodes
 from metaseg.evaluation import evaluate
 from metaseg.evaluation.evaluate import RESULTS_FILE, EvalResults, Evaluator, write_results
-from metaseg.meta import checkpoints
+from metaseg import checkpoints
 from tests.meta.conftest import tiny_logits_model, tiny_store
 
 SHOTS = 3  # tiny_store has 8 examples per task: 3 support + 5 query

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from metaseg.meta import checkpoints
+from metaseg import checkpoints
 from tests.conftest import time_limit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -5,11 +5,13 @@ import errno
 import json
 import os
 
+import numpy as np
 import pytest
 
 from metaseg.config import InnerConfig, MetaConfig
 from metaseg.errors import CheckpointError
-from metaseg.meta import checkpoints, saving
+from metaseg import checkpoints
+from metaseg.meta.step import StepResult
 from metaseg.meta.trainer import MetaTrainer, NonFiniteLossError
 from tests.meta.conftest import tiny_logits_model, tiny_store
 
@@ -35,7 +37,9 @@ def diverging(run):
     def reported(stream, iteration, epsilon):
         step(stream, iteration, epsilon)
         if iteration + 1 not in LOSSES:
-            run._non_finite(iteration, None, ["task0"])  # pylint: disable=protected-access
+            result = StepResult(float("nan"), np.array([np.nan], np.float32), np.array([0]),
+                                False)
+            run._non_finite(iteration, result)  # pylint: disable=protected-access
         return LOSSES[iteration + 1]
 
     run._meta_step = reported  # pylint: disable=protected-access
@@ -51,7 +55,7 @@ def test_a_slowly_diverging_run_keeps_its_lowest_loss_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError) as info:
         diverging(trainer(tmp_path)).train()
     assert index_files(tmp_path) == [2, 4, 5]  # the newest 2, and the lowest-loss one
-    assert [s.iteration for s in saving.listed(str(tmp_path))] == [2, 4, 5]
+    assert [s.iteration for s in checkpoints.listed(str(tmp_path))] == [2, 4, 5]
     message = str(info.value)
     assert "last good" not in message
     assert (f"newest checkpoint: {tmp_path}/model.ckpt-5 (meta-iteration 5, mean training "
@@ -81,7 +85,7 @@ def test_rotation_keeps_only_the_newest_while_the_loss_falls(tmp_path):
     run._meta_step = falling  # pylint: disable=protected-access
     run.train()
     assert index_files(tmp_path) == [5, 6]
-    with open(tmp_path / saving.LOSSES_FILE, encoding="utf-8") as f:
+    with open(tmp_path / checkpoints.LOSSES_FILE, encoding="utf-8") as f:
         assert json.load(f) == {"model.ckpt-5": 6.0, "model.ckpt-6": 5.0}
 
 
@@ -94,7 +98,7 @@ def test_staging_folders_of_killed_runs_are_removed(tmp_path):
     (tmp_path / "checkpoint.tmp0123abcd").write_text("half")
     (tmp_path / "config.json.tmp").write_text("{")
     trainer(tmp_path, meta=MetaConfig(**{**META.__dict__, "meta_iters": 2})).train()
-    assert saving.stale_files(str(tmp_path)) == []
+    assert checkpoints.stale_files(str(tmp_path)) == []
     assert index_files(tmp_path) == [1, 2]
 
 
@@ -116,7 +120,7 @@ def test_config_json_on_a_full_disk_leaves_no_tmp_file(tmp_path, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(json, "dump", full_disk)
+    monkeypatch.setattr(os, "replace", full_disk)  # the temporary file was written
     with pytest.raises(CheckpointError, match=r"could not write \S+config\.json: No space "
                                               "left on device; free some space"):
         checkpoints.write_config(str(tmp_path), {"model": {}})

@@ -9,7 +9,7 @@ import tensorflow as tf
 from metaseg.config import InnerConfig, MetaConfig
 from metaseg.data import episodes
 from metaseg.errors import CheckpointError
-from metaseg.meta import checkpoints
+from metaseg import checkpoints
 from metaseg.meta.adapt import Adapter
 from metaseg.meta.algorithms import make_algorithm
 from metaseg.meta.trainer import MetaTrainer, NonFiniteLossError
@@ -146,7 +146,7 @@ def test_restore_weights_loads_the_model_and_can_skip_the_final_layer(tmp_path):
     trained.train()
     fresh = tiny_logits_model(seed=5, dropout=0.25)
     final_before = fresh.get_layer("final_layer_weights").kernel.numpy().copy()
-    assert checkpoints.is_metaseg_checkpoint(str(tmp_path))
+    assert checkpoints.detect(str(tmp_path)).kind is checkpoints.Kind.RUN
     assert checkpoints.restore_weights(fresh, str(tmp_path), skip_final_layer=True) == 2
     np.testing.assert_array_equal(fresh.get_layer("final_layer_weights").kernel.numpy(),
                                   final_before)

@@ -13,7 +13,7 @@ import tensorflow as tf
 from metaseg import pipeline
 from metaseg.config import DataConfig, ModelConfig, RunConfig
 from metaseg.errors import ConfigError
-from metaseg.meta import checkpoints
+from metaseg import checkpoints
 from metaseg.models import build_model
 from tests.cli.conftest import own_stderr_lines, run_script, subprocess_env
 from tests.cli.test_export_formats import save_model_initialisation

@@ -11,7 +11,7 @@ import tensorflow as tf
 from metaseg.config import EvalConfig, InnerConfig, MetaConfig, ModelConfig
 from metaseg.errors import ConfigError
 from metaseg.evaluation.evaluate import Evaluator
-from metaseg.meta import checkpoints
+from metaseg import checkpoints
 from metaseg.meta.trainer import MetaTrainer
 from metaseg.models import MODELS, build_model, register_model
 from tests.meta.conftest import tiny_store

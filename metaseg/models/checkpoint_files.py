@@ -1,5 +1,10 @@
 """Reading TensorFlow checkpoint files, metaseg's and the original's TF1 ones, in one place.
 
+The lowest layer of checkpoint handling: it sits in ``models`` because the TF1 importer
+(``tf1_checkpoint``, used while building a model with ``--restore_efficient_net_weights_from``)
+reads files too; everything above (detecting a folder's kind, restoring, saving,
+``config.json``) is ``metaseg.checkpoints``, which re-exports these functions.
+
 A checkpoint is a prefix: ``<prefix>.index`` lists the tensors and ``<prefix>.data-*`` hold
 their values. A half-written or truncated checkpoint (a ``.data`` file missing or short, a
 damaged index) is a ``CheckpointError`` in one line naming the prefix, whichever command
