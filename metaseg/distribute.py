@@ -3,7 +3,7 @@
 ``--distribution_strategy`` picks TensorFlow's own strategy; nothing here moves data between
 devices by hand. The meta-batch is the unit of parallelism: with R replicas each one adapts
 to ``meta_batch / R`` tasks and the outer update averages all directions with one all-reduce
-(``metaseg.meta.replicated``). This module only builds the strategy, checks the inputs that
+(``metaseg.meta.step``). This module only builds the strategy, checks the inputs that
 decide whether it can work (``TF_CONFIG``, device counts, the meta-batch), and answers who
 writes files (the chief).
 

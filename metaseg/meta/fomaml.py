@@ -10,14 +10,15 @@ from __future__ import annotations
 import tensorflow as tf
 
 from metaseg.meta import weights
-from metaseg.meta.algorithms import MetaAlgorithm, register
 
 
-@register("fomaml")
-class FOMAML(MetaAlgorithm):
+class FOMAML:
     """Direction of a task: ``phi_K - phi_{K-1}``."""
 
+    name = "fomaml"
+
     def task_direction(self, adapter, state, episode, learning_rate, total_steps):
+        """See ``algorithms.MetaAlgorithm``."""
         if "tail_x" in episode:
             first_x, first_y = episode["x"], episode["y"]
             last_x, last_y = episode["tail_x"][None], episode["tail_y"][None]

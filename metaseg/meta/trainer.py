@@ -7,21 +7,23 @@ weights. Because episodes are indexed and the dropout seed state lives in the mo
 non-trainable weights (checkpointed), a run resumed from checkpoint ``i`` replays exactly
 what an uninterrupted run would have done from iteration ``i`` on.
 
-Under a ``tf.distribute`` strategy (``--distribution_strategy``) the meta-batch is spread
-over the replicas by ``metaseg.meta.replicated`` (see there for how batch-norm statistics
-carry over); each worker builds only its own replicas' episodes, and only the chief writes
-checkpoints, ``config.json`` and TensorBoard logs.
+A meta-iteration is one call of the compiled meta-step (``metaseg.meta.step``), the same
+under every ``tf.distribute`` strategy (``--distribution_strategy``; the default strategy on
+one device): it spreads the meta-batch over the replicas, carries batch-norm statistics and
+optimiser slots between tasks by the ``--carry_over`` policy (``metaseg.meta.carry_over``),
+and assigns the outer update only if it is finite. Each worker builds only its own replicas'
+episodes, and only the chief writes checkpoints, ``config.json`` and TensorBoard logs.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
 from typing import Callable, Dict, Mapping, Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -29,10 +31,11 @@ from metaseg import checkpoints, distribute
 from metaseg.config import InnerConfig, MetaConfig
 from metaseg.data import episodes
 from metaseg.errors import CheckpointError, MetasegError
-from metaseg.meta import weights
-from metaseg.meta.adapt import Adapter, AdaptState
-from metaseg.meta.algorithms import annealed_meta_step, make_algorithm, outer_update
-from metaseg.meta.replicated import ReplicatedMetaStep
+from metaseg.meta.adapt import Adapter
+from metaseg.meta.algorithms import annealed_meta_step, make_algorithm
+from metaseg.meta.carry_over import choose_policy
+from metaseg.meta.step import MetaStep
+from metaseg.specs import EpisodeSpec
 
 # Settings a resumed run must share with the run that wrote the checkpoint.
 RESUME_KEYS = ("model",)
@@ -58,7 +61,8 @@ class MetaTrainer:
         ``meta.eval_interval`` iterations and logged under ``<checkpoint_dir>/<name>``. A
         ``"tasks"`` entry (how many tasks were scored) is not a scalar: the log line says it.
       adapter: the compiled adaptation to use (e.g. the evaluator's, so it is traced once).
-      strategy: a ``tf.distribute`` strategy the model was built under (None: one device).
+      strategy: a ``tf.distribute`` strategy the model was built under (None: the default
+        strategy, one device).
     """
 
     def __init__(self, model: keras.Model, store, *, meta: MetaConfig, inner: InnerConfig,
@@ -73,17 +77,17 @@ class MetaTrainer:
         self.evaluators = evaluators or {}
         self.adapter = adapter or Adapter(model, inner)  # share one to trace once
         self.algorithm = make_algorithm(meta.algorithm)
-        self.strategy = strategy if distribute.is_distributed(strategy) else None
+        self.strategy = strategy if strategy is not None else tf.distribute.get_strategy()
         self.is_chief = distribute.is_chief(self.strategy)
-        with (self.strategy or tf.distribute.get_strategy()).scope():
+        with self.strategy.scope():
             self.state = checkpoints.MetaState(model, self.adapter.initial_state().opt)
-        self._replicated = None
-        if self.strategy is not None:
-            self._tasks_per_replica = distribute.tasks_per_replica(meta.meta_batch, self.strategy)
-            self._replica_ids = distribute.local_replica_ids(self.strategy)
-            self._replicated = ReplicatedMetaStep(
-                self.strategy, self.adapter, self.algorithm, self.state,
-                meta_batch=meta.meta_batch, reset_state_per_task=meta.reset_state_per_task)
+        self.carry_over = choose_policy(
+            meta.carry_over, meta.reset_state_per_task,
+            distributed=distribute.is_distributed(self.strategy),
+            replicas=self.strategy.num_replicas_in_sync)
+        self._step = MetaStep(self.strategy, self.adapter, self.algorithm, self.state,
+                              meta_batch=meta.meta_batch, policy=self.carry_over)
+        self._replica_ids = distribute.local_replica_ids(self.strategy)
         self.saver = checkpoints.Saver(self.state.checkpoint, checkpoint_dir,
                                        meta.keep_checkpoints)
         self._writers = {}
@@ -135,10 +139,7 @@ class MetaTrainer:
             tic = time.perf_counter()
             epsilon = annealed_meta_step(iteration, meta.meta_iters, meta.meta_step,
                                          meta.meta_step_final)
-            if self._replicated is None:
-                loss = self._meta_step(stream, iteration, epsilon)
-            else:
-                loss = self._replicated_meta_step(stream, iteration, epsilon)
+            loss = self._meta_step(stream, iteration, epsilon)
             self.state.iteration.assign(iteration + 1)
             seconds = time.perf_counter() - tic
             self._log_scalars("train", iteration + 1, {
@@ -156,82 +157,42 @@ class MetaTrainer:
 
     def _episodes(self, start_iteration: int) -> tf.data.Dataset:
         meta, inner, keep = self.meta, self.inner, None
-        if self.strategy is not None:  # this worker's share of each meta-batch, per replica
-            per, ids = self._tasks_per_replica, self._replica_ids
+        per, ids = self._step.tasks_per_replica, self._replica_ids
+        if len(ids) * per < meta.meta_batch:  # this worker's share of each meta-batch
             keep = (meta.meta_batch, ids[0] * per, len(ids) * per)
         dataset = episodes.meta_training_dataset(
-            self.store, train_shots=meta.train_shots, inner_iters=meta.inner_iters,
-            inner_batch=meta.inner_batch, replacement=inner.replacement, augment=inner.augment,
-            aug_rate=inner.aug_rate, foml_tail=meta.foml_tail,
-            tail_with_replacement=meta.sample_foml_train_val_with_replacement,
-            seed=meta.seed, start_index=start_iteration * meta.meta_batch, keep=keep)
-        return dataset if keep is None else dataset.batch(self._tasks_per_replica)
+            self.store, EpisodeSpec.training(meta, inner), seed=meta.seed,
+            start_index=start_iteration * meta.meta_batch, keep=keep)
+        return dataset.batch(per, drop_remainder=True)  # one element: one replica's tasks
 
-    def _replicated_meta_step(self, stream, iteration: int, epsilon: float) -> float:
-        """The meta-step spread over the strategy's replicas (``metaseg.meta.replicated``)."""
+    def _meta_step(self, stream, iteration: int, epsilon: float) -> float:
+        """Adapt to the next ``meta_batch`` episodes and apply the outer update (one compiled
+        call, ``metaseg.meta.step``); the mean loss."""
         chunks = [next(stream) for _ in self._replica_ids]  # one per local replica, in order
         first = self._replica_ids[0]
         values = self.strategy.experimental_distribute_values_from_function(
             lambda ctx: chunks[ctx.replica_id_in_sync_group - first])
         try:
-            result = self._replicated(values, tf.constant(self.inner.learning_rate, tf.float32),
-                                      self.total_inner_steps, epsilon)
+            result = self._step(values, tf.constant(self.inner.learning_rate, tf.float32),
+                                self.total_inner_steps, epsilon)
         except distribute.PEER_ERRORS as e:
             raise distribute.peer_failure(e, f"meta-iteration {iteration + 1}") from None
         if not result.finite:
-            tasks = sorted({self.store.names[int(t)] for c in chunks for t in c["task"]})
-            self._non_finite(iteration, None, tasks)
+            self._non_finite(iteration, result)
         return result.loss
 
-    def _meta_step(self, stream, iteration: int, epsilon: float) -> float:
-        """Adapt to ``meta_batch`` episodes and apply the outer update; the mean loss."""
-        theta = [v.value for v in self.state.trainable]
-        start_nt = [v.value for v in self.state.non_trainable]
-        opt = self.state.opt_state()
-        learning_rate = tf.constant(self.inner.learning_rate, tf.float32)
-        directions, end_states, task_losses = [], [], []
-        for _ in range(self.meta.meta_batch):
-            episode = next(stream)
-            if self.meta.reset_state_per_task:
-                state = AdaptState(theta, start_nt, self.adapter.optimizer.init(theta))
-            else:  # The original carries BN statistics and optimiser slots across tasks.
-                state = AdaptState(theta, *(end_states[-1][1:] if end_states else (start_nt, opt)))
-            direction, end, step_losses = self.algorithm.task_direction(
-                self.adapter, state, episode, learning_rate, self.total_inner_steps)
-            mean_loss = float(tf.reduce_mean(step_losses))
-            if not math.isfinite(mean_loss):
-                self._non_finite(iteration, episode)
-            directions.append(direction)
-            end_states.append(end)
-            task_losses.append(mean_loss)
-        new_theta = outer_update(theta, directions, tf.constant(epsilon, tf.float32))
-        if not bool(weights.all_finite(new_theta)):
-            self._non_finite(iteration, episode)
-        for var, value in zip(self.state.trainable, new_theta, strict=True):
-            var.assign(value)
-        for var, value in zip(self.state.non_trainable, self._next_statistics(end_states),
-                              strict=True):
-            var.assign(value)
-        if not self.meta.reset_state_per_task:
-            self.state.assign_opt_state(end_states[-1].opt)
-        return sum(task_losses) / len(task_losses)
-
-    def _next_statistics(self, end_states):
-        """Non-trainable weights after a meta-step.
-
-        Carry-over (the original): the last task's. Reset per task: every task started from
-        the same statistics, so keep their mean (floating) and the last seed state (integer),
-        which does not depend on the order of the tasks.
-        """
-        if not self.meta.reset_state_per_task:
-            return end_states[-1].non_trainable
-        columns = zip(*[s.non_trainable for s in end_states])
-        return [tf.add_n(list(c)) / len(c) if c[0].dtype.is_floating else c[-1]
-                for c in (list(col) for col in columns)]
-
-    def _non_finite(self, iteration: int, episode, tasks=None) -> None:
-        where = (f"task {self.store.names[int(episode['task'])]!r}" if episode is not None
-                 else f"one of the tasks {', '.join(tasks)}")
+    def _non_finite(self, iteration: int, result) -> None:
+        """Raise the one error line: the task(s) whose loss was not finite (all of the
+        meta-batch's when only the updated weights were), and what is on disk."""
+        names = [self.store.names[int(t)] for t in result.tasks]
+        bad = list(dict.fromkeys(n for n, loss in zip(names, result.task_losses, strict=True)
+                                 if not np.isfinite(loss)))
+        if len(bad) == 1:
+            where = f"task {bad[0]!r}"
+        elif bad:
+            where = "tasks " + ", ".join(map(repr, bad))
+        else:
+            where = "one of the tasks " + ", ".join(map(repr, dict.fromkeys(names)))
         raise NonFiniteLossError(
             f"non-finite loss at meta-iteration {iteration + 1} on {where}; nothing of it was "
             f"saved; {_saved_summary(self.checkpoint_dir)}; try a smaller --learning-rate "

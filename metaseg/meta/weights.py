@@ -28,11 +28,17 @@ def scale(a: Sequence[tf.Tensor], factor) -> list:
     return [x * tf.cast(factor, x.dtype) for x in a]
 
 
+def total(weight_lists: Sequence[Sequence[tf.Tensor]]) -> list:
+    """The element-wise sum of several weight lists, added in order (``tf.add_n``: for float
+    tensors, ``((w_0 + w_1) + w_2) + ...``, as a loop of ``add`` would)."""
+    if not weight_lists:
+        raise ValueError("total() needs at least one weight list")
+    return [tf.add_n(list(group)) for group in zip(*weight_lists, strict=True)]
+
+
 def mean(weight_lists: Sequence[Sequence[tf.Tensor]]) -> list:
     """The element-wise mean of several weight lists (e.g. the adapted weights of a meta-batch)."""
-    if not weight_lists:
-        raise ValueError("mean() needs at least one weight list")
-    return [tf.add_n(list(group)) / len(weight_lists) for group in zip(*weight_lists, strict=True)]
+    return [s / len(weight_lists) for s in total(weight_lists)]
 
 
 def interpolate(old: Sequence[tf.Tensor], new: Sequence[tf.Tensor], epsilon) -> list:

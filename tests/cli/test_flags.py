@@ -86,7 +86,7 @@ NEW_FLAGS = {"dataset", "test_tasks_file", "val_tasks_file", "backbone_weights",
              "keep_checkpoints", "save_predictions_dir", "compare_random_init", "eval_train_tasks", "synthetic_num_classes",
              "synthetic_examples_per_class", "synthetic_image_size", "cache_dir", "train_list",
              "distribution_strategy", "num_cpu_devices", "tpu",
-             "tfds_data_dir"}
+             "tfds_data_dir", "carry_over"}
 
 
 def test_flag_set_is_flags_md_plus_the_new_ones():
@@ -104,6 +104,18 @@ def test_every_flag_has_help_and_a_known_kind():
 
 def test_default_flags_give_default_config(fv):
     assert _config(fv, []) == RunConfig()
+
+
+@pytest.mark.parametrize("words, carry_over, reset", [
+    ([], None, False),  # chosen by the strategy: sequential on one device, mean with several
+    (["--carry_over", "mean"], "mean", False),
+    (["--carry-over=sequential"], "sequential", False),
+    (["--reset_state_per_task"], None, True),  # the older spelling of reset
+    (["--reset_state_per_task", "--carry_over", "reset"], "reset", True),
+])
+def test_carry_over_flag_and_its_older_spelling(fv, words, carry_over, reset):
+    meta = _config(fv, words).meta
+    assert (meta.carry_over, meta.reset_state_per_task) == (carry_over, reset)
 
 
 def test_cache_dir_default_follows_environment(monkeypatch, tmp_path):
@@ -275,6 +287,9 @@ BAD = [
      "--train-shots minus --foml-tail (3)"),
     (["--replacement", "--inner-batch", "4", "--eval-batch", "8"], "--eval-batch (8)"),
     (["--fine-tune-task", "cat"], "--fine-tuned-checkpoint"),
+    (["--carry_over", "last"], "--carry_over must be one of sequential, reset, mean, got 'last'"),
+    (["--reset_state_per_task", "--carry_over", "mean"],
+     "--reset_state_per_task means --carry_over reset, which contradicts --carry_over mean"),
     (["--dataset", "synthetic", "--synthetic_examples_per_class", "8"],
      "--synthetic_examples_per_class (8) must be >= 10"),
     (["--dataset", "imagenet"], "--dataset"),

@@ -57,13 +57,40 @@ def test_fomaml_direction_matches_closed_form_last_step_change():
     np.testing.assert_allclose(direction[0].numpy(), want, rtol=1e-5, atol=1e-7)
 
 
-def test_fomaml_direction_equals_the_last_steps_change():
-    adapter = _linear_adapter()
-    state, direction, end, _ = _direction("fomaml", adapter, _episode())
-    before_last, _ = adapter.adapt(state, _episode()["x"][:-1], _episode()["y"][:-1],
-                                   tf.constant(LR), tf.constant(0), tf.constant(K))
-    np.testing.assert_allclose(direction[0].numpy(),
-                               (end.trainable[0] - before_last.trainable[0]).numpy(), atol=1e-7)
+def test_fomaml_direction_is_the_last_step_of_a_plain_keras_sgd_loop():
+    """A non-linear loss with a different batch per step, against K steps of SGD written
+    with a GradientTape on the Keras model itself (no Adapter, no stateless call)."""
+    keras.utils.set_random_seed(3)
+    images = keras.Input((None, None, 3))
+    model = keras.Model(images, keras.layers.Conv2D(2, 1, name="w")(images))
+
+    def cross_entropy(trainable, logits, labels):
+        del trainable
+        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels, logits))
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(K, 2, 4, 4, 3)).astype(np.float32)
+    y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, size=(K, 2, 4, 4))]
+    adapter = Adapter(model, InnerConfig(sgd=True, learning_rate=LR), loss_fn=cross_entropy)
+    state = adapter.initial_state()
+    direction, _, step_losses = make_algorithm("fomaml").task_direction(
+        adapter, state, {"x": tf.constant(x), "y": tf.constant(y)}, tf.constant(LR),
+        tf.constant(K))
+
+    losses = []
+    for k in range(K):  # plain SGD on the model's own variables
+        before = [v.numpy().copy() for v in model.trainable_variables]
+        with tf.GradientTape() as tape:
+            loss = cross_entropy(None, model(x[k]), y[k])
+        grads = tape.gradient(loss, model.trainable_variables)
+        for var, grad in zip(model.trainable_variables, grads):
+            var.assign_sub(LR * grad)
+        losses.append(float(loss))
+    last_change = [v.numpy() - b for v, b in zip(model.trainable_variables, before)]
+    for got, want in zip(direction, last_change, strict=True):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(step_losses.numpy(), losses, rtol=1e-5)
+    assert np.abs(last_change[0]).max() > 1e-4  # the step moved the weights
 
 
 def test_fomaml_tail_batch_is_the_last_step():
@@ -81,19 +108,31 @@ def test_fomaml_tail_batch_is_the_last_step():
 def test_reptile_meta_step_one_equals_adapted_weights_and_zero_changes_nothing():
     adapter = _linear_adapter()
     state, direction, end, _ = _direction("reptile", adapter, _episode())
-    one = outer_update(state.trainable, [direction], tf.constant(1.0))
+    one = outer_update(state.trainable, direction, 1, tf.constant(1.0))
     np.testing.assert_allclose(one[0].numpy(), end.trainable[0].numpy(), rtol=1e-6, atol=1e-7)
-    zero = outer_update(state.trainable, [direction], tf.constant(0.0))
+    zero = outer_update(state.trainable, direction, 1, tf.constant(0.0))
     np.testing.assert_array_equal(zero[0].numpy(), state.trainable[0].numpy())
 
 
 def test_outer_update_of_three_tasks_is_the_mean_of_their_directions():
     theta = [tf.constant(np.ones((2, 2), np.float32))]
     dirs = [[tf.constant(np.full((2, 2), v, np.float32))] for v in (1.0, 2.0, 6.0)]
-    got = outer_update(theta, dirs, tf.constant(0.5))
+    got = outer_update(theta, weights.total(dirs), 3, tf.constant(0.5))
     np.testing.assert_allclose(got[0].numpy(), 1 + 0.5 * 3.0)
     single = [weights.add(theta, weights.scale(d, 0.5))[0].numpy() for d in dirs]
     np.testing.assert_allclose(got[0].numpy(), np.mean(single, axis=0), rtol=1e-6)
+
+
+def test_outer_update_rounds_as_the_earlier_compiled_mean_did():
+    """theta + sum * (epsilon * (1/M)) in float32, for a meta-batch of 3 (where a division
+    by 3 and a product with its reciprocal round differently)."""
+    rng = np.random.default_rng(2)
+    theta = rng.normal(size=1000).astype(np.float32)
+    dirs = [rng.normal(size=1000).astype(np.float32) for _ in range(3)]
+    got = outer_update([theta], weights.total([[d] for d in dirs]), tf.constant(3.0),
+                       tf.constant(0.7))[0].numpy()
+    total = (dirs[0] + dirs[1]) + dirs[2]
+    np.testing.assert_array_equal(got, theta + total * (np.float32(0.7) * np.float32(1 / 3)))
 
 
 def test_meta_step_annealing_is_linear():

@@ -57,10 +57,11 @@ def test_mirrored_over_two_cpu_devices_equals_one_device(tmp_path, algorithm, op
     moved = max(float(np.max(np.abs(results[f"single_reset/{i}"] - w)))
                 for i, w in enumerate(initial) if w.dtype.kind == "f")
     assert moved > 1e-3
-    # The engine's sequential loop on one device and the replicated step on 1 or 2 replicas.
+    # The meta-step on one device (default strategy) and on 1 or 2 mirrored replicas.
     assert _max_diff(results, "single_reset", "mirrored1_reset", count) < 1e-6
     assert _max_diff(results, "single_reset", "mirrored2_reset", count) < 1e-6
-    # Carry-over of the optimiser slots: 1 and 2 replicas agree, and carrying them mattered.
+    # The default carry-over under a strategy (mean of the tasks' statistics and optimiser
+    # slots): 1 and 2 replicas agree, and carrying the slots mattered.
     assert _max_diff(results, "mirrored1_carry", "mirrored2_carry", count) < 1e-6
     if optimizer == "adam":
         assert _max_diff(results, "mirrored2_reset", "mirrored2_carry", count) > 1e-5

@@ -1,6 +1,7 @@
 """Meta-training driver: checkpoints, resume, determinism, bad input."""
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from metaseg import checkpoints
 from metaseg.meta.adapt import Adapter
 from metaseg.meta.algorithms import make_algorithm
 from metaseg.meta.trainer import MetaTrainer, NonFiniteLossError
+from metaseg.specs import BatchSpec, EpisodeSpec
 from tests.meta.conftest import tiny_logits_model, tiny_store
 
 INNER = InnerConfig(sgd=True, learning_rate=0.05, augment=True, aug_rate=0.5)
@@ -107,7 +109,7 @@ def test_meta_batch_of_three_is_the_mean_of_three_single_task_steps(tmp_path):
     trainer = _trainer(tmp_path, meta=meta, inner=inner, dropout=0.0)
     theta = [v.numpy() for v in trainer.adapter.net.trainable_variables]
     stream = iter(episodes.meta_training_dataset(
-        trainer.store, train_shots=4, inner_iters=2, inner_batch=3, seed=11))
+        trainer.store, EpisodeSpec(4, 2, BatchSpec(3)), seed=11))
     reference = Adapter(tiny_logits_model(seed=0, dropout=0.0), inner)
     directions = []
     for _ in range(3):
@@ -121,17 +123,57 @@ def test_meta_batch_of_three_is_the_mean_of_three_single_task_steps(tmp_path):
         np.testing.assert_allclose(var.numpy(), want, rtol=1e-5, atol=1e-6)
 
 
-def test_non_finite_loss_stops_and_names_iteration_task_and_checkpoint(tmp_path):
-    blow_up = InnerConfig(sgd=True, learning_rate=1e30)
-    trainer = _trainer(tmp_path, meta=_meta(checkpoint_every=1), inner=blow_up)
-    with pytest.raises(NonFiniteLossError, match=r"meta-iteration \d+ on task 'task\d'"):
+def test_non_finite_loss_stops_assigns_nothing_and_names_iteration_task_and_checkpoint(
+        tmp_path):
+    """The loss turns NaN at meta-iteration 3, after checkpoints 1 and 2: the step assigns
+    nothing, no checkpoint of it is written, and the error is one line naming it."""
+    poison = tf.Variable(1.0)  # multiplies the loss; NaN from meta-iteration 3 on
+
+    def loss(trainable, logits, labels):
+        del trainable
+        return poison * tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels, logits))
+
+    model = tiny_logits_model(seed=0, dropout=0.25)
+    saved = {}
+
+    def poison_after_iteration_2(net):
+        saved.update(values=[v.numpy().copy() for v in net.variables])
+        poison.assign(float("nan"))
+        return {"IoU": 0.5}
+
+    trainer = MetaTrainer(model, tiny_store(), meta=_meta(checkpoint_every=1, eval_interval=2),
+                          inner=INNER, checkpoint_dir=str(tmp_path), total_inner_steps=4,
+                          config={"model": {"name": "tiny"}},
+                          adapter=Adapter(model, INNER, loss_fn=loss),
+                          evaluators={"test": poison_after_iteration_2})
+    with pytest.raises(NonFiniteLossError) as error:
         trainer.train()
-    prefix = checkpoints.latest(str(tmp_path))
-    if prefix is not None:  # whatever was saved is finite
-        for name, _ in tf.train.list_variables(prefix):
-            value = tf.train.load_variable(prefix, name)
-            if np.asarray(value).dtype.kind == "f":
-                assert np.all(np.isfinite(value)), name
+    message = str(error.value)
+    assert "\n" not in message
+    assert re.match(r"non-finite loss at meta-iteration 3 on tasks? 'task\d'(, 'task\d')*; "
+                    r"nothing of it was saved; newest checkpoint: .*model\.ckpt-2 "
+                    r"\(meta-iteration 2, ", message), message
+    assert checkpoints.latest(str(tmp_path)).endswith("model.ckpt-2")
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("model.ckpt-3")]
+    # Nothing of the failed step was assigned: the variables are those of iteration 2.
+    assert int(trainer.state.iteration.numpy()) == 2
+    for got, want in zip(_values(trainer), saved["values"], strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert all(np.all(np.isfinite(v)) for v in saved["values"] if v.dtype.kind == "f")
+    for var in trainer.state.optimizer:  # the optimiser slots too
+        assert np.all(np.isfinite(var.numpy()))
+
+
+def test_a_huge_learning_rate_is_a_non_finite_loss_at_the_first_meta_iteration(tmp_path):
+    trainer = _trainer(tmp_path, meta=_meta(checkpoint_every=1),
+                       inner=InnerConfig(sgd=True, learning_rate=1e30))
+    before = _values(trainer)
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite loss at meta-iteration 1 on "
+                                                 r"tasks? 'task\d'.*no checkpoint was written"):
+        trainer.train()
+    for got, want in zip(_values(trainer), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert checkpoints.latest(str(tmp_path)) is None
 
 
 def test_resuming_with_another_model_configuration_names_the_difference(tmp_path):

@@ -5,21 +5,22 @@
 
 ``compare`` splits the CPU into two logical devices (which only a fresh process can do) and
 trains the same tiny model three ways for two meta-iterations of meta-batch 4: one device
-with the engine's own loop (``--reset_state_per_task``, whose result does not depend on task
-order), ``mirrored`` on one logical device, and ``mirrored`` on two; each with both
-batch-norm settings where they apply. It saves every result's variables in OUT.npz, and
-for ``--reset_state_per_task`` runs, last, the query IoU of each of 5 tasks evaluated under
-the same strategy (spread over the replicas). ``mirrored2_resumed`` stops after one
+(the default strategy, ``--reset_state_per_task``, whose result does not depend on task
+order), ``mirrored`` on one logical device, and ``mirrored`` on two; under ``mirrored`` with
+``reset`` and with the default carry-over (``mean``). It saves every result's variables in
+OUT.npz, and for ``--reset_state_per_task`` runs, last, the query IoU of each of 5 tasks
+evaluated under the same strategy (spread over the replicas). ``mirrored2_resumed`` stops after one
 meta-step and is resumed from its checkpoint by a new model and trainer.
 
 ``worker`` is one process of a ``multi_worker_mirrored`` run (``TF_CONFIG`` set by the test):
 META_ITERS (default 2) meta-iterations of FOMAML with Adam, a checkpoint every 2, and its
 final variables in OUT.npz. With
-``DIE_AFTER_STEPS=n`` in the environment the process exits abruptly after n meta-steps,
-as a crashed machine would.
+``DIE_AFTER_STEPS=n`` in the environment the process exits abruptly after n meta-steps
+(a few seconds after the last one returned), as a crashed machine would.
 """
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -96,16 +97,20 @@ def worker(directory: str, out: str, meta_iters: int = 2) -> None:
                          "meta_iters": meta_iters})
     die_after = int(os.environ.get("DIE_AFTER_STEPS", "0"))
     if die_after:
-        from metaseg.meta import replicated  # pylint: disable=import-outside-toplevel
-        call, count = replicated.ReplicatedMetaStep.__call__, [0]
+        from metaseg.meta import step  # pylint: disable=import-outside-toplevel
+        call, count = step.MetaStep.__call__, [0]
 
         def dying(self, *args):
             if count[0] == die_after:
+                # A step's last all-reduce message may still be on its way to the chief when
+                # this worker's own step returns: give it time to arrive, so the chief fails
+                # in the next step, as when a machine dies between steps.
+                time.sleep(3)
                 os._exit(17)  # pylint: disable=protected-access
             count[0] += 1
             return call(self, *args)
 
-        replicated.ReplicatedMetaStep.__call__ = dying
+        step.MetaStep.__call__ = dying
     values = _train(directory, strategy, meta, inner)
     np.savez(out, *values)
 
