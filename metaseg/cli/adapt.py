@@ -6,6 +6,11 @@ section), else the checkpoint's own evaluation setting (``eval.eval_iters`` and
 ``inner.learning_rate``). The rest of the inner loop (optimiser, schedule, loss, batch size
 ``eval.eval_batch``, augmentation) is the checkpoint's, run by the same compiled adaptation
 as evaluation (``metaseg.meta.adapt``) on mini-batches drawn as in REFERENCE.md section 3.
+
+The support set is a folder of image/mask pairs or an annotation export (COCO, LabelMe,
+CVAT; ``--category``), read alike by ``metaseg.cli.folders``. It is held as uint8 at the
+model's size, and the mini-batches are built a chunk of steps at a time (``BATCH_BYTES``),
+so hundreds of support images fit in memory; the weights are those of one compiled call.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ if TYPE_CHECKING:  # TensorFlow is imported by the functions, after the flags ar
 
 HELP = "fine-tune an initialisation on image/mask pairs, then segment a folder of images"
 CHUNK_SECONDS = 0.5  # with a progress callback: steps per compiled call, in seconds
-BATCH_BYTES = 256 * 2 ** 20  # float32 mini-batches built at once (a chunk of the K steps)
+BATCH_BYTES = 64 * 2 ** 20  # float32 mini-batches built at once (a chunk of the K steps)
 # The config fields this command's flags set: an error about one names the flag.
 FIELD_FLAGS = {"eval.eval_iters": "--steps", "inner.learning_rate": "--learning_rate",
                "data.image_size": "--image_size"}
@@ -49,7 +54,8 @@ def add_parser(subparsers, parents) -> None:
                         "mini-batches are built as the steps run, not all at once")
     p.add_argument("--category", metavar="NAME",
                    help="with an annotation export: the category (label) to segment; needed "
-                        "when the export has more than one")
+                        "when the export has more than one. Its images without that "
+                        "category are skipped, each named in a warning")
     p.add_argument("--support_images", metavar="DIR",
                    help="with an annotation export: the folder its image names are relative "
                         "to (default: COCO: beside the .json, its images/ folder, or "
@@ -132,7 +138,7 @@ def step_bytes(batch_size: int, size: int) -> int:
 
 def adapt(source, images, masks, *, steps: int, learning_rate: float, seed: int,
           support_statistics: bool = True, on_steps=None, batch_bytes: int = BATCH_BYTES,
-          model=None):
+          model=None, adapter=None):
     """Run the compiled inner loop on the support set; returns (model, end state, losses [K]).
 
     images uint8 or float32 [n, S, S, 3] in [0, 255]; masks uint8 [n, S, S] in {0, 255} or
@@ -163,9 +169,11 @@ def adapt(source, images, masks, *, steps: int, learning_rate: float, seed: int,
         logging.warning("The checkpoint draws inner batches with --replacement: batches of %d "
                         "(the support pairs) instead of %d", batches.size, wanted.size)
     batch_size = batches.size
+    if adapter is not None:  # an Adapter of the initialisation, reused across adaptations
+        model = adapter.model
     if model is None:  # ``model``: the initialisation built at this size, if built already
         model = checkpoints.build_and_restore(source, image_size=int(images.shape[1]))
-    adapter = Adapter(model, config.inner)
+    adapter = Adapter(model, config.inner) if adapter is None else adapter
     images, masks = tf.constant(images), tf.constant(masks)  # once: the batches gather from them
     plan = inner_batch_plan(len(images), batches, num_batches=steps, seed=seed)
     most = max(1, int(batch_bytes) // step_bytes(batch_size, int(images.shape[1])))
@@ -235,12 +243,14 @@ def run(args: argparse.Namespace) -> int:
     fallback = auto.single_support(len(support.names), args.auto_fallback, args.support) \
         if steps_auto else None
     output.prepare_folder(args.output, args.overwrite)
-    model, found = None, None
+    adapter, found = None, None
     if fallback is not None:
         steps, origin = fallback, "steps from --auto_fallback, " + origin.split(", ", 1)[1]
     elif steps_auto:
-        model = checkpoints.build_and_restore(source, image_size=size)
-        found = auto.choose(source, model, support, fixed=steps, most=most,
+        from metaseg.meta.adapt import Adapter
+        adapter = Adapter(checkpoints.build_and_restore(source, image_size=size),
+                          source.config.inner)
+        found = auto.choose(source, adapter, support, fixed=steps, most=most,
                             learning_rate=learning_rate, seed=args.seed)
         steps = found.steps
         origin = f"steps from --steps auto (k-fold, 1 to {most}), " + origin.split(", ", 1)[1]
@@ -250,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
     model, state, losses = adapt(source, support.images, support.masks, steps=steps,
                                  learning_rate=learning_rate, seed=args.seed,
                                  support_statistics=not args.keep_moving_statistics,
-                                 model=model)
+                                 adapter=adapter)
     if len(losses):
         logging.info("Support loss: %.4f at the first step, %.4f at the last", losses[0],
                      losses[-1])

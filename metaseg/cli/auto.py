@@ -58,12 +58,12 @@ def single_support(count: int, fallback: Optional[int], support: str) -> Optiona
     return int(fallback)
 
 
-def choose(source, model, support, *, fixed: int, most: int, learning_rate: float,
+def choose(source, adapter, support, *, fixed: int, most: int, learning_rate: float,
            seed: int):
-    """Run the folds on ``model`` (the initialisation, not changed); an ``AutoSteps``."""
+    """Run the folds from ``adapter``'s model (the initialisation, not changed); an
+    ``AutoSteps``."""
     # pylint: disable=import-outside-toplevel
     from metaseg.evaluation import autosteps
-    from metaseg.meta.adapt import Adapter
     from metaseg.specs import BatchSpec
     config = source.config
     n = len(support.names)
@@ -73,7 +73,7 @@ def choose(source, model, support, *, fixed: int, most: int, learning_rate: floa
         logging.info("steps auto: fold %d done, held-out IoU %.3f at its best step",
                      f + 1, max(curve))
     found = autosteps.held_out_curves(
-        Adapter(model, config.inner), support.images, support.masks,
+        adapter, support.images, support.masks,
         BatchSpec.evaluation(config.eval, config.inner), max_steps=most,
         learning_rate=learning_rate, seed=seed, transductive=config.eval.transductive,
         on_fold=fold_done)

@@ -98,21 +98,23 @@ def cost_line(n: int, max_steps: int, fixed_steps: int) -> str:
 
 def held_out_curves(adapter, images, masks, batches: BatchSpec, *, max_steps: int,
                     learning_rate: float, seed: int, transductive: bool = True,
-                    batch_bytes: int = BATCH_BYTES, on_fold=None) -> AutoSteps:
+                    batch_bytes: int = BATCH_BYTES, on_fold=None,
+                    score_fn=metrics.binary_iou) -> AutoSteps:
     """Run every fold for ``max_steps`` scored steps from ``adapter``'s current weights.
 
     images uint8 or float32 [n,S,S,3] in [0,255]; masks uint8 [n,S,S] in {0,255} (or
     float32 one-hot [n,S,S,2]). ``batches``: the final adaptation's batch spec (fitted to
     each fold's size). At most ``batch_bytes`` of float32 mini-batches are built at once;
     longer runs continue the state in chunks, giving the same scores. ``on_fold(i, curve)``
-    is called after each fold.
+    is called after each fold. ``score_fn(probs [Q,S,S,2], labels) -> [Q]``: the held-out
+    score (IoU, as UHO scores).
     """
     if max_steps < 1:
         raise DataError(f"the largest step count to try must be positive, got {max_steps}")
     images, masks = np.asarray(images), np.asarray(masks)
     n, size = len(images), int(images.shape[1])
     held = folds(n, seed)
-    scorer = adapter.scoring_steps(metrics.binary_iou, transductive=transductive)
+    scorer = adapter.scoring_steps(score_fn, transductive=transductive)
     rate, total = tf.constant(learning_rate, tf.float32), tf.constant(max_steps)
     start = adapter.initial_state()
     fold_curves = []
