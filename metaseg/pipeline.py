@@ -25,7 +25,7 @@ from metaseg import checkpoints, distribute, presets
 from metaseg.config import QUERY_SIZE, RunConfig
 from metaseg.data import (Splits, TaskStore, image_lists, list_tasks, make_splits,
                           read_class_list)
-from metaseg.data.tasks import list_tfds_tasks
+from metaseg.datasets.synthetic import ensure_benchmark
 from metaseg.errors import ConfigError, DataError, Interrupted
 from metaseg.evaluation import kshot
 from metaseg.evaluation import uho
@@ -61,7 +61,6 @@ def resolve_data_dir(config: RunConfig) -> str:
         return config.data.dataset
     if config.data.dataset != "synthetic":
         raise ConfigError(f"no data: {QUICKSTART_HINT}")
-    from metaseg.datasets.synthetic import ensure_benchmark  # pylint: disable=C0415
     syn = config.synthetic
     return ensure_benchmark(syn.cache_dir, num_classes=syn.num_classes,
                             examples_per_class=syn.examples_per_class,
@@ -73,7 +72,8 @@ def load_splits(config: RunConfig, data_dir: str):
     data = config.data
     test_file = data.test_tasks_file
     if data.tfds_name:  # default test classes: the dataset's test split
-        tasks, test_classes = list_tfds_tasks(data.tfds_name, data.tfds_data_dir)
+        from metaseg import tfds  # pylint: disable=C0415  (tensorflow_datasets only for tfds:)
+        tasks, test_classes = tfds.list_tasks(data.tfds_name, data.tfds_data_dir)
     else:
         tasks, test_classes = list_tasks(data_dir), None
         if test_file is None and not data.fp_k_test_set:

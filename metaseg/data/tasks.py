@@ -78,24 +78,18 @@ def list_tasks(data_dir) -> List[Task]:
     return [Task(f[:-len(SHARD_SUFFIX)], (os.path.join(data_dir, f),)) for f in files]
 
 
-def list_tfds_tasks(dataset: str, data_dir: Optional[str] = None
-                    ) -> Tuple[List[Task], Optional[List[str]]]:
-    """One task per class of a prepared tfds dataset (``--dataset tfds:NAME[/CONFIG]``),
-    sorted by name, and the classes of its ``test`` split (None without one); the tasks
-    load like shards' (``tfds_source``)."""
-    from metaseg.data import tfds_source  # pylint: disable=import-outside-toplevel
-    return tfds_source.list_tasks(dataset, data_dir)
-
-
 def _read_sources(paths: Sequence) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """``read_shards(paths)``, where a path may also be a class of a tfds dataset."""
-    from metaseg.data import tfds_source  # pylint: disable=import-outside-toplevel
-    refs = [p for p in paths if isinstance(p, tfds_source.TfdsClass)]
+    """``read_shards(paths)``, where a path may also be a source that reads itself: every
+    source of one type in one call, ``type(source).read_many(sources)`` (a class of a tfds
+    dataset, ``tfds_source.TfdsClass``; ``metaseg.tfds.list_tasks`` makes such tasks)."""
+    refs = [p for p in paths if hasattr(p, "read_many")]
     if not refs:
         return read_shards(paths)
-    shards = [p for p in paths if not isinstance(p, tfds_source.TfdsClass)]
-    decoded = dict(zip(refs, tfds_source.read_classes(refs)))
-    decoded.update(zip(shards, read_shards(shards)))
+    shards = [p for p in paths if not hasattr(p, "read_many")]
+    decoded = dict(zip(shards, read_shards(shards)))
+    for kind in dict.fromkeys(type(r) for r in refs):
+        same = [r for r in refs if type(r) is kind]  # pylint: disable=unidiomatic-typecheck
+        decoded.update(zip(same, kind.read_many(same)))
     return [decoded[p] for p in paths]
 
 

@@ -1,5 +1,9 @@
 """Tasks from a prepared TensorFlow Datasets dataset: ``--dataset tfds:NAME[/CONFIG]``.
 
+``metaseg.tfds.list_tasks`` is the entry point: importing ``metaseg.tfds`` registers metaseg's
+builders with tfds, which this module (below the builders, on an episode's path) never
+imports.
+
 Another source of (class, images, masks) for ``tasks.TaskStore``, beside the shards: a task
 is one ``class_name`` of one split, its examples in the order the dataset stores them
 (the metaseg builders write them in shard order, so a tfds dataset and the equivalent
@@ -18,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from metaseg.data.tasks import Task, name_list
 from metaseg.errors import DataError
 
 TFDS_PREFIX = "tfds:"
@@ -36,6 +41,11 @@ class TfdsClass:
 
     def __str__(self) -> str:
         return f"{TFDS_PREFIX}{self.dataset}[{self.split}]/{self.class_name}"
+
+    @classmethod
+    def read_many(cls, refs: Sequence["TfdsClass"]) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """How ``tasks.TaskStore`` reads a task's examples from here: ``read_classes``."""
+        return read_classes(refs)
 
 
 def build_command(dataset: str, data_dir: Optional[str], manual: bool,
@@ -82,19 +92,21 @@ def make_builder(dataset: str, data_dir: Optional[str]):
         return builder, builder.is_prepared()
 
 
-def open_builder(dataset: str, data_dir: Optional[str]):
+def open_builder(dataset: str, data_dir: Optional[str], registered: Sequence[str] = ()):
     """The prepared builder of ``dataset``; DataError (one line) if it is unknown, not
-    prepared (naming the ``tfds build`` command) or lacks the features metaseg reads."""
+    prepared (naming the ``tfds build`` command) or lacks the features metaseg reads.
+    ``registered``: the names of metaseg's builders (``metaseg.tfds.BUILDERS``), which the
+    caller has registered, for the error about an unknown name."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    import metaseg.tfds  # pylint: disable=import-outside-toplevel,unused-import  (registers)
 
     where = f" in {data_dir}" if data_dir else " in tfds's default data directory"
     try:
         builder, prepared = make_builder(dataset, data_dir)
     except (tfds.core.registered.DatasetNotFoundError, ValueError, KeyError) as e:
-        known = ", ".join(sorted(metaseg.tfds.BUILDERS))
+        known = (f"metaseg registers {', '.join(sorted(registered))}" if registered else
+                 "import metaseg.tfds to register metaseg's builders")
         raise DataError(f"--dataset tfds:{dataset}: no such tfds dataset or config "
-                        f"({_first_line(e)}); metaseg registers {known}") from None
+                        f"({_first_line(e)}); {known}") from None
     if not prepared:
         manual = bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
         raise DataError(f"tfds dataset {dataset} is not prepared{where}; prepare it with "
@@ -119,12 +131,11 @@ def _dataset(builder, split: str, decode_images: bool = True):
                               read_config=tfds.ReadConfig(interleave_cycle_length=1))
 
 
-def list_tasks(dataset: str, data_dir: Optional[str]):
+def list_tasks(dataset: str, data_dir: Optional[str], registered: Sequence[str] = ()):
     """``(tasks, test class names)``: one ``tasks.Task`` per class of every split (sorted by
-    name), and the classes of the ``test`` split (None if there is none)."""
-    from metaseg.data.tasks import Task, name_list  # pylint: disable=import-outside-toplevel
-
-    builder = open_builder(dataset, data_dir)
+    name), and the classes of the ``test`` split (None if there is none). ``registered`` as
+    for ``open_builder``."""
+    builder = open_builder(dataset, data_dir, registered)
     split_of: Dict[str, str] = {}
     both = []
     for split in sorted(builder.info.splits):

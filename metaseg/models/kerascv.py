@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from metaseg.config import ModelConfig
 from metaseg.errors import ConfigError
+from metaseg.models.logits import with_logits
 
 FINAL_LAYER = "final_layer_weights"
 
@@ -101,6 +102,5 @@ def deeplabv3plus_logits(*, filters: Sequence[int] = (16, 32, 64, 128),
 
 def build_deeplabv3plus(config: ModelConfig) -> keras.Model:
     """``--model_name deeplabv3plus``: probabilities model with ``logits_model``."""
-    from metaseg.models.registry import with_logits
     logits = deeplabv3plus_logits(dropout_rate=config.final_layer_dropout_rate)
     return with_logits(logits, name="deeplabv3plus")

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from metaseg.config import ModelConfig
 from metaseg.errors import ConfigError
+from metaseg.models.logits import with_logits
 
 # ImageNet statistics of [0, 255] images (what keras-hub's image converters normalise with).
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -129,7 +130,6 @@ def deeplabv3_hub_logits(image_size: int, *, dropout_rate: float = 0.0) -> keras
 
 def build_segformer_b0(config: ModelConfig, image_size: int) -> keras.Model:
     """``--model_name segformer_b0``: probabilities model with ``logits_model``."""
-    from metaseg.models.registry import with_logits  # pylint: disable=import-outside-toplevel
     return with_logits(segformer_b0_logits(image_size,
                                            dropout_rate=config.final_layer_dropout_rate),
                        name="segformer_b0")
@@ -137,7 +137,6 @@ def build_segformer_b0(config: ModelConfig, image_size: int) -> keras.Model:
 
 def build_deeplabv3_hub(config: ModelConfig, image_size: int) -> keras.Model:
     """``--model_name deeplabv3_hub``: probabilities model with ``logits_model``."""
-    from metaseg.models.registry import with_logits  # pylint: disable=import-outside-toplevel
     return with_logits(deeplabv3_hub_logits(image_size,
                                             dropout_rate=config.final_layer_dropout_rate),
                        name="deeplabv3_hub")

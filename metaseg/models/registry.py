@@ -19,7 +19,9 @@ from absl import logging
 
 from metaseg.config import ModelConfig
 from metaseg.errors import CheckpointError, ConfigError
+from metaseg.models import kerascv, kerashub  # keras-cv / keras-hub load only when built
 from metaseg.models.efficientlab import EfficientLab
+from metaseg.models.logits import is_functional, logits_model, with_logits
 from metaseg.models.tf1_checkpoint import is_tf1_checkpoint, load_tf1_checkpoint
 
 
@@ -47,26 +49,11 @@ def _restore_backbone(model, path: str) -> None:
     logging.info("Backbone initialised from %s (%d variables)", path, count)
 
 
-def _build_deeplabv3plus(config: ModelConfig) -> keras.Model:
-    from metaseg.models.kerascv import build_deeplabv3plus  # keras-cv is optional
-    return build_deeplabv3plus(config)
-
-
-def _build_segformer_b0(config: ModelConfig, image_size: int) -> keras.Model:
-    from metaseg.models.kerashub import build_segformer_b0  # keras-hub is optional
-    return build_segformer_b0(config, image_size)
-
-
-def _build_deeplabv3_hub(config: ModelConfig, image_size: int) -> keras.Model:
-    from metaseg.models.kerashub import build_deeplabv3_hub  # keras-hub is optional
-    return build_deeplabv3_hub(config, image_size)
-
-
 MODELS: Dict[str, Callable[..., keras.Model]] = {
     "efficientlab": _build_efficientlab,
-    "deeplabv3plus": _build_deeplabv3plus,
-    "segformer_b0": _build_segformer_b0,
-    "deeplabv3_hub": _build_deeplabv3_hub,
+    "deeplabv3plus": kerascv.build_deeplabv3plus,
+    "segformer_b0": kerashub.build_segformer_b0,
+    "deeplabv3_hub": kerashub.build_deeplabv3_hub,
 }
 # Names whose builder takes (config, image_size): graphs built for one input size.
 SIZED: Set[str] = {"segformer_b0", "deeplabv3_hub"}
@@ -98,47 +85,10 @@ def register_model(name: str, builder: Callable[..., keras.Model], *,
         SIZED.discard(name)
 
 
-def with_logits(logits_model: keras.Model, *, name: Optional[str] = None) -> keras.Model:
-    """A model returning ``softmax(logits_model(images))`` whose ``logits_model`` attribute
-    is ``logits_model`` itself (same variables, same order). A functional logits model is
-    extended in place, so its layers (e.g. the final layer) stay top-level layers."""
-    name = name or f"{logits_model.name}_probabilities"
-    if _is_functional(logits_model):
-        inputs = logits_model.inputs
-        probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(
-            logits_model.outputs[0])
-    else:
-        inputs = keras.Input((None, None, 3), name="images")
-        probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(
-            logits_model(inputs))
-    model = keras.Model(inputs, probabilities, name=name)
-    # Plain attributes, outside Keras's layer tracking: views, not sublayers.
-    model.__dict__["logits_model"] = logits_model
-    final = getattr(logits_model, "final_layer_name", None)
-    if final is not None:
-        model.__dict__["final_layer_name"] = final
-    return model
-
-
-def logits_model(model: keras.Model) -> keras.Model:
-    """The network that returns ``model``'s logits ``[N, S, S, 2]``, sharing its variables:
-    ``model.logits_model`` for a model with probabilities output (every ``build_model``
-    model), else ``model`` itself (a bare logits network, e.g. in tests). What the inner loop
-    trains, checkpoints store and the losses see."""
-    return getattr(model, "logits_model", model)
-
-
-def _is_functional(model) -> bool:
-    try:
-        return bool(model.inputs) and bool(model.outputs)
-    except (AttributeError, ValueError):
-        return False
-
-
 def _check_channels(model: keras.Model, model_name: str) -> None:
     net = logits_model(model)
     try:
-        channels = net.outputs[0].shape[-1] if _is_functional(net) else None
+        channels = net.outputs[0].shape[-1] if is_functional(net) else None
     except (AttributeError, IndexError):
         channels = None
     if channels is not None and channels != 2:

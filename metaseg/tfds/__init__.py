@@ -17,15 +17,28 @@ installed to start); ``run_metasegnet.py --dataset tfds:NAME[/CONFIG]
 --tfds_data_dir DIR`` meta-trains on it.
 """
 
+from typing import List, Optional, Tuple
+
 from metaseg.quiet import import_tensorflow
 
 import_tensorflow()  # before tensorflow_datasets imports it: no C++ start-up lines on stderr
 
 # pylint: disable=wrong-import-position
+from metaseg.data import tfds_source
+from metaseg.data.tasks import Task
 from metaseg.tfds.fss1000 import Fss1000
 from metaseg.tfds.pascal5i import Pascal5i
 from metaseg.tfds.synthetic import MetasegSynthetic
 
 BUILDERS = {"fss1000": Fss1000, "metaseg_synthetic": MetasegSynthetic, "pascal5i": Pascal5i}
 
-__all__ = ["BUILDERS", "Fss1000", "MetasegSynthetic", "Pascal5i"]
+
+def list_tasks(dataset: str, data_dir: Optional[str] = None
+               ) -> Tuple[List[Task], Optional[List[str]]]:
+    """One task per class of a prepared tfds dataset (``--dataset tfds:NAME[/CONFIG]``),
+    sorted by name, and the classes of its ``test`` split (None without one); the tasks
+    load like shards' (``metaseg.data.tfds_source``), metaseg's builders registered."""
+    return tfds_source.list_tasks(dataset, data_dir, registered=sorted(BUILDERS))
+
+
+__all__ = ["BUILDERS", "Fss1000", "MetasegSynthetic", "Pascal5i", "list_tasks"]

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import List, Optional
 
+import metaseg.tfds  # registers the builders (``python -m`` has imported it already)
+from metaseg.data import tfds_source
 from metaseg.errors import EXIT_USER_ERROR, ConfigError, DataError, exit_on_error
 from metaseg.quiet import import_tensorflow
 
@@ -38,8 +40,6 @@ def _parser() -> argparse.ArgumentParser:
 def build(dataset: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None):
     """Prepare ``dataset`` (registered by ``metaseg.tfds``); returns its builder."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    import metaseg.tfds  # pylint: disable=import-outside-toplevel  (registers the builders)
-    from metaseg.data import tfds_source  # pylint: disable=import-outside-toplevel
 
     name = dataset.split("/", 1)[0].split(":", 1)[0]
     if name not in metaseg.tfds.BUILDERS:
