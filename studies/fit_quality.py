@@ -135,7 +135,7 @@ def fit(args) -> str:
         print(f"{line} [{time.time() - started:.0f} s]", flush=True)
     features = np.concatenate(fixed[0] + auto_masks[0])
     iou = np.concatenate(fixed[1] + auto_masks[1])
-    about = {"init": os.path.abspath(source.directory), "tasks": [train[i] for i in order],
+    about = {"init": args.init, "tasks": [train[i] for i in order],
              "benchmark": {"num_classes": synthetic.num_classes,
                            "examples_per_class": synthetic.examples_per_class,
                            "image_size": synthetic.image_size, "seed": 0,
