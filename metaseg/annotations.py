@@ -143,7 +143,9 @@ def _first_existing(relative: str, roots: Sequence[str], what: str) -> str:
 # -- detection --------------------------------------------------------------------------------
 
 def detect_format(path: str) -> str:
-    """"coco", "labelme", "cvat" or "folder" (image/mask pairs) for a --support path."""
+    """"coco", "labelme", "cvat" or "folder" (image/mask pairs) for a --support path: a .json
+    file is COCO; a folder with ``SegmentationClass/`` CVAT (``labelmap.txt`` required); a
+    folder with ``images/`` and ``masks/`` pairs; another folder holding .json files LabelMe."""
     if os.path.isfile(path):
         if path.lower().endswith(".json"):
             return "coco"
@@ -158,6 +160,8 @@ def detect_format(path: str) -> str:
                             "colour of each label; export it from CVAT as 'Segmentation mask "
                             "1.1' (which writes it)")
         return "cvat"
+    if all(os.path.isdir(os.path.join(path, sub)) for sub in ("images", "masks")):
+        return "folder"  # the images/ and masks/ layout, whatever else lies beside them
     if any(name.lower().endswith(".json") and os.path.isfile(os.path.join(path, name))
            for name in os.listdir(path)):
         return "labelme"
