@@ -22,7 +22,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from PIL import Image
 
-from data_tools import fss_1000_image_to_tfrecord as convert
+from metaseg.datasets import fss1000 as convert
 from metaseg.data.tasks import TaskStore, list_tasks
 from metaseg.specs import BatchSpec, EpisodeSpec
 

@@ -30,6 +30,7 @@ import shutil
 import tempfile
 from typing import List, Optional
 
+import metaseg
 from metaseg import checkpoints
 from metaseg.checkpoints.preset_files import (  # noqa: F401  (the reading half, re-exported)
     FORMAT_VERSION, HANDLES, METADATA_FILE, PRESET_FILES, SHIPPED_DIR, WEIGHTS_FILE, Preset,
@@ -54,7 +55,6 @@ def load_preset(name_or_dir: str):
 # --- saving ---------------------------------------------------------------------------------
 
 def _metaseg_version() -> str:
-    import metaseg  # pylint: disable=import-outside-toplevel
     return metaseg.__version__
 
 

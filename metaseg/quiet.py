@@ -10,12 +10,13 @@ import contextlib
 import os
 import sys
 
+from metaseg import threads
+
 
 def import_tensorflow(verbose: bool = False):
     """Import TensorFlow (file descriptor 2 sent to /dev/null during the import) and set
     its thread pools: ConfigError for a bad TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS."""
     tensorflow = _import(verbose)
-    from metaseg import threads  # pylint: disable=import-outside-toplevel
     threads.configure(tensorflow)
     return tensorflow
 

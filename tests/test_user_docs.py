@@ -10,8 +10,8 @@ from metaseg import flags
 from metaseg import joint_train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CODE = [*sorted((REPO / "metaseg").rglob("*.py")), *sorted((REPO / "flags").rglob("*.py")),
-        *sorted((REPO / "data_tools").rglob("*.py")), REPO / "run_metasegnet.py"]
+CODE = [*sorted((REPO / "metaseg").rglob("*.py")), *sorted((REPO / "data_tools").rglob("*.py")),
+        REPO / "run_metasegnet.py"]
 
 
 def _docstrings(tree):

@@ -24,7 +24,13 @@ from typing import Callable
 import numpy as np
 from absl import logging
 
+from metaseg import checkpoints
+from metaseg.config import ModelConfig
 from metaseg.errors import CheckpointError, ConfigError
+from metaseg.models import build_model
+from metaseg.models.efficientnet import build_encoder
+from metaseg.models.layers import ImageNetNormalization
+from metaseg.models.tf1_checkpoint import load_tf1_checkpoint
 
 PIXELS, RANDOM, IMAGENET = "pixels", "random", "imagenet"
 FEATURE_LEVELS = (1, 2, 3, 4)
@@ -72,11 +78,6 @@ def pixel_features(images: np.ndarray, feature_level: int) -> np.ndarray:
 
 def _encoder_from_checkpoint(directory: str, encoder_name: str):
     """(normalisation layer, encoder) of the EfficientLab stored in ``directory``."""
-    from metaseg import checkpoints
-    from metaseg.config import ModelConfig
-    from metaseg.models import build_model
-    from metaseg.models.tf1_checkpoint import load_tf1_checkpoint
-
     found = checkpoints.detect(directory)
     if found.kind.is_metaseg:
         stored = checkpoints.read_run_config(found.directory)
@@ -102,9 +103,6 @@ def _encoder_from_checkpoint(directory: str, encoder_name: str):
 
 def _encoder(backbone: str, encoder_name: str):
     if backbone in (RANDOM, IMAGENET):
-        from metaseg.models.efficientnet import build_encoder
-        from metaseg.models.layers import ImageNetNormalization
-
         weights = IMAGENET if backbone == IMAGENET else None
         offline = ("copy {file} into {cache} (set KERAS_HOME to choose the folder), or pass "
                    "--backbone with a metaseg or TF1 checkpoint directory (e.g. a meta-trained "

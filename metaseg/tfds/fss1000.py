@@ -2,7 +2,7 @@
 
 Reads ``manual_dir`` in the FSS-1000 layout, ``<manual_dir>/<class>/<n>.jpg`` + ``<n>.png``
 (the mask's first channel), through the shard converter's own reader
-(``data_tools/fss_1000_image_to_tfrecord.read_class``): the same checks, resizing, mask
+(``metaseg.datasets.fss1000.read_class``): the same checks, resizing, mask
 rules, seeded per-class order and bad-pair handling, so each class holds what its shard
 would. Splits: the authors' 760 training and 240 test classes (the lists shipped in
 ``metaseg/resources``). Config ``default`` stops, listing them, if any file had to be
@@ -19,8 +19,8 @@ from typing import List, Sequence
 import tensorflow_datasets as tfds
 from absl import logging
 
-from data_tools.fss_1000_image_to_tfrecord import ConvertOptions, find_class_dirs, read_class
 from metaseg.data.tasks import name_list, read_class_list
+from metaseg.datasets.fss1000 import ConvertOptions, find_class_dirs, read_class
 from metaseg.errors import DataError
 from metaseg.resources import FSS1000_TEST_CLASSES, FSS1000_TRAIN_CLASSES, resource_path
 from metaseg.tfds import features

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_tools import fss_1000_image_to_tfrecord as convert
+from metaseg.datasets import fss1000 as convert
 from metaseg.data.shards import read_shard, read_shard_with_keys
 from metaseg.errors import DataError
 from tests.conftest import time_limit

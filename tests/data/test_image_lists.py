@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_tools import fss_1000_image_to_tfrecord as fss
+from metaseg.datasets import fss1000 as fss
 from data_tools import make_fraction_list
 from metaseg.data.image_lists import ImageList, find_images, fraction_of, image_key
 from metaseg.data.shards import read_shard

@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_tools import fss_1000_image_to_tfrecord as fss
+from metaseg.datasets import fss1000 as fss
 from data_tools import pascal5i_to_tfrecord as pascal
 from metaseg import pipeline
 from metaseg.config import DataConfig, RunConfig

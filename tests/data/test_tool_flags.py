@@ -1,6 +1,6 @@
 """Flag mistakes on the data tools end in one ``error:`` line and exit 2, as
-``run_metasegnet.py`` (the same parser, ``flags.argv.parse_flags_or_exit``), not absl's
-``FATAL Flags parsing error`` and exit 1."""
+``run_metasegnet.py`` (the same parser, ``metaseg.flags.argv.parse_flags_or_exit``), not
+absl's ``FATAL Flags parsing error`` and exit 1."""
 import os
 import pathlib
 import subprocess
