@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from metaseg import flags
-from metaseg import pipeline
+from metaseg import flags, pipeline
 from metaseg.config import (DataConfig, EvalConfig, InnerConfig, MetaConfig, RunConfig,
                             UHOConfig)
 from metaseg.data import SHARD_SUFFIX, write_shard
 from metaseg.errors import ConfigError, DataError, FieldError
 from metaseg.evaluation import metrics, uho
-from metaseg.evaluation.early_stopping import EarlyStopper, scan
+from metaseg.evaluation.early_stopping import EarlyStopper, StopResult, scan
 from metaseg.evaluation.evaluate import Evaluator
 from metaseg.evaluation.model_variants import copy_weights
 from metaseg.meta.adapt import Adapter
@@ -58,9 +57,14 @@ def test_min_steps_never_answers_fewer_steps():
     # Steps up to min_steps always overwrite the best, even with a lower score: the answer
     # is step 3 (0.2), not step 1 (0.9), and step 4 (0.15) does not beat it.
     scores = [0.9, 0.1, 0.2, 0.15, 0.19, 0.25, 0.1]
-    assert scan(scores, min_steps=3) == scan(scores, min_steps=3)
     result = scan(scores, min_steps=3)
-    assert (result.best_steps, result.best_score) == (6, 0.25)
+    assert (result.best_steps, result.best_score, result.steps_run) == (6, 0.25, 7)
+    # By hand, patience 2: with min_steps 3 the best is step 3 (0.3), steps 4-6 fail and
+    # step 6 (the third failure) stops it before the 0.95; without, step 1 (0.9) is the best
+    # and the third failure is step 4.
+    short = [0.9, 0.2, 0.3, 0.1, 0.1, 0.1, 0.95]
+    assert scan(short, patience=2, min_steps=3) == StopResult(3, 0.3, 6)
+    assert scan(short, patience=2) == StopResult(1, 0.9, 4)
     assert scan([0.9, 0.1, 0.2, 0.15], min_steps=3).best_steps == 3
     # patience counts only after min_steps
     result = scan([0.5] * 60 + [0.1] * 60, min_steps=60)
