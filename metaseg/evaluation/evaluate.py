@@ -32,6 +32,7 @@ from metaseg.data.progress import Progress
 from metaseg.evaluation import metrics, predictions
 from metaseg.evaluation.fold_metrics import FoldMetrics
 from metaseg.meta.adapt import Adapter, AdaptState, predict_queries
+from metaseg.specs import EpisodeSpec
 
 RESULTS_FILE = "meta-test_results.json"
 # Seconds between progress lines (tasks done, rate, ETA): on a terminal, and in a log file.
@@ -124,11 +125,9 @@ class Evaluator:
                            fb_iou=fold.fb_iou())
 
     def _episodes(self, store, tasks, steps, sample):
-        cfg = self.config
-        return episodes.evaluation_dataset(
-            store, tasks, shots=cfg.shots, eval_iters=steps, eval_batch=cfg.eval_batch,
-            replacement=self.inner.replacement, augment=self.inner.augment,
-            aug_rate=self.inner.aug_rate, seed=cfg.seed, sample=sample)
+        episode = EpisodeSpec.evaluation(self.config, self.inner, steps=steps)
+        return episodes.evaluation_dataset(store, tasks, episode, seed=self.config.seed,
+                                           sample=sample)
 
     def _adapted(self, start, store, tasks, steps, sample, lr, save_dir):
         """(episode, query probabilities or None) per task; None: ``_score_task`` adapts.
