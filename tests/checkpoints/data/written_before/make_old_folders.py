@@ -21,7 +21,8 @@ from metaseg.cli import checkpoint as cli_checkpoint
 from tests.meta.conftest import tiny_logits_model, tiny_store
 
 def dump(model, path):
-    np.savez(path, **{f"trainable_{i}": v.numpy() for i, v in enumerate(model.trainable_variables)},
+    np.savez(path,
+             **{f"trainable_{i}": v.numpy() for i, v in enumerate(model.trainable_variables)},
              **{f"non_trainable_{i}": v.numpy() for i, v in enumerate(model.non_trainable_variables)})
 
 META = MetaConfig(algorithm="reptile", meta_iters=2, meta_batch=1, meta_step=0.5,
