@@ -5,12 +5,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
 import report  # noqa: E402  # bench/report.py
 import run_all  # noqa: E402  # bench/run_all.py (defines its flags only when run)
 from tests.conftest import time_limit  # noqa: E402
+
+pytestmark = pytest.mark.slow  # the tiny benchmark suite runs for a minute or more
 
 
 def test_tiny_suite_writes_json_and_markdown(tmp_path):

@@ -27,6 +27,8 @@ from tests.cli.conftest import REPO, subprocess_env
 from tests.cli.test_metaseg_cli import SIZE, read_png, save_initialisation
 from tests.conftest import time_limit
 
+pytestmark = pytest.mark.slow  # adapting on real photos through the command line
+
 PHOTOS = ("coins", "camera", "coffee", "retina")
 # 40 steps move momentum-0.99 moving averages a third of the way (1 - 0.99 ** 40) to the
 # support images' statistics: enough to fit the support set, not to fix the statistics.

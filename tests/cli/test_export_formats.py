@@ -23,6 +23,8 @@ from tests.cli.conftest import own_stderr_lines, subprocess_env
 from tests.cli.test_metaseg_cli import SIZE, save_initialisation, scene
 from tests.conftest import time_limit
 
+pytestmark = pytest.mark.slow  # every export format converted and run (minutes)
+
 FILES = {"keras": "model.keras", "saved_model": "saved_model", "litert": "model.tflite",
          "onnx": "model.onnx"}
 AGREEMENT = 0.995  # share of mask pixels every export must give as Keras does

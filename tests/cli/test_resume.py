@@ -19,6 +19,8 @@ import tensorflow as tf
 from metaseg import checkpoints
 from tests.cli.conftest import REPO, own_stderr_lines, run_script, subprocess_env
 
+pytestmark = pytest.mark.slow  # meta-training runs killed, resumed and rerun (minutes)
+
 # flags/quickstart.flags, shrunk: 32 px, one task per meta-batch, one inner step.
 QUICKSTART = ("--image_size=32 --rsd 2 4 --train-shots 4 --inner-batch 2 --inner-iters 1 "
               "--sgd --learning-rate 0.1 --meta-batch 1 --meta-iters 2 --meta-step 1.0 "

@@ -8,10 +8,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from metaseg.datasets import synthetic
 from metaseg.data.shards import SHARD_SUFFIX, read_shard
 from tests.cli.conftest import own_stderr_lines
 from tests.conftest import time_limit
+
+pytestmark = pytest.mark.slow  # benchmark generations killed mid-way (minutes)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "data_tools" / "make_synthetic_fss.py"

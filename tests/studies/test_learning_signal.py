@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import time_limit
 
+pytestmark = pytest.mark.slow  # the tiny study meta-trains several runs (minutes)
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "studies" / "learning_signal.py"
 TINY = ("--synthetic_num_classes=12 --synthetic_image_size=32 --image_size=32 "
