@@ -6,6 +6,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from metaseg import checkpoints
@@ -27,6 +28,7 @@ def _final_values(directory):
             for name, _ in tf.train.list_variables(prefix) if "VARIABLE_VALUE" in name}
 
 
+@pytest.mark.slow  # three meta-training processes, one killed and resumed
 def test_killed_and_resumed_process_matches_an_uninterrupted_one(tmp_path):
     full = _start(tmp_path / "full")
     killed = _start(tmp_path / "killed", pause="1.0")

@@ -54,6 +54,7 @@ def test_logits_at_the_input_resolution(name):
     assert traced(x).shape == (2, SIZE, SIZE, 2)
 
 
+@pytest.mark.slow  # meta-trains each keras-hub model through run_metasegnet.py (minutes)
 @pytest.mark.parametrize("name", HUB_MODELS)
 def test_meta_trained_end_to_end_by_run_metasegnet(name, cache_dir, tmp_path):
     run_dir = tmp_path / "run"
