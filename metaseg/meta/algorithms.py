@@ -54,12 +54,27 @@ def annealed_meta_step(iteration, total_iterations, meta_step, meta_step_final) 
     return frac * meta_step_final + (1.0 - frac) * meta_step
 
 
+def direction_order(num_weights: int, num_tasks: int) -> list:
+    """For each of ``num_weights`` weights, the order in which the meta-step adds the
+    ``num_tasks`` tasks' directions (task indices): the order of the earlier compiled outer
+    update, ``tf.add_n`` over its arguments named ``directions``, ``directions_1``, ...
+    (task-major), whose inputs TensorFlow's graph optimiser sorts by name. Float addition
+    is not associative, so this order is what keeps meta-training bit-identical to the
+    checkpoints and numbers that code produced."""
+    def name(i):
+        return "directions" if i == 0 else f"directions_{i}"
+
+    return [sorted(range(num_tasks), key=lambda t, j=j: name(j + num_weights * t))
+            for j in range(num_weights)]
+
+
 def outer_update(theta: Sequence[tf.Tensor], direction_sum: Sequence[tf.Tensor], num_tasks,
                  epsilon) -> list:
     """``theta + epsilon * mean(directions)``, the mean being ``direction_sum / num_tasks``.
 
     ``direction_sum``: the element-wise sum of the meta-batch's ``num_tasks`` directions
-    (``weights.total``, added over the replicas when the tasks are spread over several).
+    (added in ``direction_order``, and over the replicas when the tasks are spread over
+    several).
     Computed as ``theta + direction_sum * (epsilon * (1 / num_tasks))``: the order of
     operations TensorFlow's graph optimiser gave the earlier compiled ``theta + epsilon *
     (tf.add_n(directions) / M)`` (division by a constant becomes a product with its

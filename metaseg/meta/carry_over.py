@@ -28,12 +28,13 @@ strategy other than the default one.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import tensorflow as tf
 
 from metaseg.config import CARRY_OVER_POLICIES
 from metaseg.errors import ConfigError
+from metaseg.meta import weights
 
 
 class Carried(NamedTuple):
@@ -58,61 +59,80 @@ def choose_policy(carry_over: Optional[str], reset_state_per_task: bool, *, dist
     return policy
 
 
-def carry_over(policy: str, saved: Carried, fresh_opt, adapt_task: Callable[[int, Carried],
-                                                                          Tuple[Carried, Any]],
-               num_tasks: int, *, meta_batch, sum_over_replicas: Optional[Callable] = None,
-               ) -> Tuple[List[Any], Carried]:
+def carry_over(policy: str, saved: Carried, fresh_opt, adapt_task: Callable, num_tasks: int, *,
+               meta_batch, sum_over_replicas: Optional[Callable] = None):
     """Adapt to the ``num_tasks`` tasks of this replica's share of a meta-batch under ``policy``.
 
     Args:
       policy: one of ``CARRY_OVER_POLICIES`` (module docstring).
       saved: the state the previous meta-batch left (the variables' values).
       fresh_opt: the optimiser state a new adaptation starts with (``optimizer.init``).
-      adapt_task: ``(t, start) -> (end, result)``: adapt to task t (0-based, in order) from
-        ``start``; ``result`` is anything the caller wants back (direction, loss...).
+      adapt_task: ``(t, start) -> (end, out)``: adapt to task t (an int32 scalar tensor,
+        0-based, in order) from the ``Carried`` state ``start``; ``out`` is a nest of tensors
+        of static shape to keep for every task (e.g. its direction and loss). Traced once:
+        the tasks run in a ``tf.while_loop``, so a meta-batch of M tasks costs one task's
+        graph to build and optimise.
       num_tasks: how many tasks this replica adapts to.
       meta_batch: the number of tasks over all replicas (a scalar, e.g. a float32 tensor):
         means divide by it.
       sum_over_replicas: adds a list of float tensors over the replicas (an all-reduce);
         None with one replica.
 
-    Returns (the ``num_tasks`` results in task order, the state the meta-batch leaves).
-    Pure when ``adapt_task`` is: nothing is read or written outside the arguments.
+    Returns (every task's ``out``, stacked: leading axis ``num_tasks``, in task order; the
+    state the meta-batch leaves). Pure when ``adapt_task`` is: nothing is read or written
+    outside the arguments.
     """
     if policy not in CARRY_OVER_POLICIES:
         raise ValueError(f"unknown carry-over policy {policy!r}; known: {CARRY_OVER_POLICIES}")
-    start = Carried(saved.non_trainable, fresh_opt) if policy == "reset" else saved
-    results, ends = [], []
-    for t in range(num_tasks):
-        end, result = adapt_task(t, start)
-        results.append(result)
-        ends.append(end)
-        if policy == "sequential":
-            start = end
-    if policy == "sequential":
-        return results, ends[-1]
-    structure = ends[-1]
-    means = _mean_of_floats([tf.nest.flatten(end) for end in ends], meta_batch,
-                            sum_over_replicas)
-    kept = tf.nest.pack_sequence_as(structure, means)
-    if policy == "reset":  # nothing of the slots carries over: they stay as saved
-        kept = Carried(kept.non_trainable, saved.opt)
-    return results, kept
+    first = Carried(saved.non_trainable, fresh_opt) if policy == "reset" else saved
+    task = tf.function(adapt_task, autograph=False).get_concrete_function(
+        tf.TensorSpec([], tf.int32), tf.nest.map_structure(_spec, first))
+    end_like, out_like = task.structured_outputs
+    flat_end_like = tf.nest.flatten(end_like)
+    # The floating entries a mean is taken of: none for sequential; all for reset and mean
+    # (reset keeps only the statistics' means, but averaging the slots too gives both the
+    # same all-reduce: under tf.distribute, strategies over the same devices in one process
+    # share collective keys, and two collectives under one key must agree in shape).
+    floating = [] if policy == "sequential" else [
+        i for i, x in enumerate(flat_end_like) if x.dtype.is_floating]
 
+    def body(t, start, last, outs, ends):
+        del last
+        end, out = task(t, start)
+        flat_end = tf.nest.flatten(end)
+        outs = [ta.write(t, x) for ta, x in zip(outs, tf.nest.flatten(out), strict=True)]
+        ends = [ta.write(t, flat_end[i]) for ta, i in zip(ends, floating, strict=True)]
+        # Sequential: the next task starts where this one ended; else from the same state.
+        return t + 1, (end if policy == "sequential" else start), end, outs, ends
 
-def _mean_of_floats(columns_by_task: Sequence[Sequence[tf.Tensor]], meta_batch,
-                    sum_over_replicas) -> list:
-    """Per position: the mean over all tasks of a floating tensor (the sum over this
-    replica's tasks, added over the replicas, divided by ``meta_batch``); the last task's
-    tensor at integer positions."""
-    columns = [list(column) for column in zip(*columns_by_task, strict=True)]
-    floating = [i for i, column in enumerate(columns) if column[-1].dtype.is_floating]
-    sums = [tf.add_n(columns[i]) for i in floating]
-    if sum_over_replicas is not None and sums:
-        sums = sum_over_replicas(sums)
-    out = [column[-1] for column in columns]
-    for i, value in zip(floating, sums, strict=True):
+    def arrays(tensors):
+        return [tf.TensorArray(x.dtype, size=num_tasks, element_shape=x.shape) for x in tensors]
+
+    _, _, last, outs, ends = tf.while_loop(
+        lambda t, *_: t < num_tasks, body,
+        (tf.constant(0), first, first, arrays(tf.nest.flatten(out_like)),
+         arrays([flat_end_like[i] for i in floating])))
+    outs = tf.nest.pack_sequence_as(out_like, [ta.stack() for ta in outs])
+    if policy == "sequential":  # the loop's last end state
+        return outs, last
+    # The mean over all tasks of the floating entries (added as tf.add_n adds, as the former
+    # eager mean did); the last task's integer entries (and, for reset, its slots: replaced
+    # by the saved ones below).
+    end_sums = weights.total_in_order([ta.stack() for ta in ends],
+                                      [list(range(num_tasks))] * len(floating)) if ends else []
+    if sum_over_replicas is not None and end_sums:
+        end_sums = sum_over_replicas(end_sums)
+    kept = tf.nest.flatten(last)
+    for i, total in zip(floating, end_sums, strict=True):
         # A division by a tensor: eager and compiled divide alike (a constant divisor would
         # become a product with its reciprocal in a graph, one rounding away).
-        out[i] = value / tf.cast(meta_batch, value.dtype)
-    return out
+        kept[i] = total / tf.cast(meta_batch, total.dtype)
+    kept = tf.nest.pack_sequence_as(last, kept)
+    if policy == "reset":  # nothing of the slots carries over: they stay as saved
+        kept = Carried(kept.non_trainable, saved.opt)
+    return outs, kept
+
+
+def _spec(x) -> tf.TensorSpec:
+    x = tf.convert_to_tensor(x)
+    return tf.TensorSpec(x.shape, x.dtype)

@@ -27,7 +27,7 @@ import tensorflow as tf
 from metaseg import distribute
 from metaseg.meta import weights
 from metaseg.meta.adapt import Adapter, AdaptState
-from metaseg.meta.algorithms import outer_update
+from metaseg.meta.algorithms import direction_order, outer_update
 from metaseg.meta.carry_over import Carried, carry_over
 
 
@@ -102,24 +102,25 @@ class MetaStep:
             direction, end, step_losses = self.algorithm.task_direction(
                 self.adapter, AdaptState(theta, start.non_trainable, start.opt), episode,
                 learning_rate, total_steps)
+            task_id = tf.cast(episode["task"], tf.float32)
             return (Carried(end.non_trainable, end.opt),
-                    (direction, tf.reduce_mean(step_losses), episode["task"]))
+                    (direction, tf.reduce_mean(step_losses), task_id))
 
         def sum_over_replicas(tensors):
             return context.all_reduce(tf.distribute.ReduceOp.SUM, tensors)
 
-        results, kept = carry_over(
+        (directions, task_losses, task_ids), kept = carry_over(
             self.policy, saved, self.adapter.optimizer.init(theta), adapt_task, per,
             meta_batch=num_tasks, sum_over_replicas=sum_over_replicas)
-        directions, task_losses, task_ids = zip(*results)
+        direction_sum = weights.total_in_order(directions, direction_order(len(theta), per))
         # This replica's tasks at their places in the meta-batch, zeros elsewhere: the sum over
-        # the replicas is every task's value (x + 0 = x, NaN stays NaN).
+        # the replicas is every task's value (x + 0 = x, NaN stays NaN; task indices are exact
+        # in float32).
         first = context.replica_id_in_sync_group * per
         place = [[first, self.meta_batch - first - per]]
-        local = [tf.pad(tf.stack(task_losses), place),
-                 tf.pad(tf.cast(tf.stack(task_ids), tf.float32), place)]
+        local = [tf.pad(task_losses, place), tf.pad(task_ids, place)]
         # The one all-reduce of the directions: sums, losses and task indices in a single call.
-        summed = sum_over_replicas(weights.total(directions) + local)
+        summed = sum_over_replicas(direction_sum + local)
         direction_sum, (losses, tasks) = summed[:-2], summed[-2:]
         new_theta = outer_update(theta, direction_sum, num_tasks, epsilon)
         finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(losses)),

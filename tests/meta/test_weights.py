@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from metaseg.meta import weights
+from metaseg.meta.algorithms import direction_order
 
 RNG = np.random.default_rng(0)
 A = [RNG.normal(size=(3, 2)).astype(np.float32), RNG.normal(size=(4,)).astype(np.float32)]
@@ -34,3 +36,52 @@ def test_all_finite_detects_nan_and_inf():
     assert bool(weights.all_finite(A))
     assert not bool(weights.all_finite([A[0], np.array([1.0, np.nan], np.float32)]))
     assert not bool(weights.all_finite([tf.constant([np.inf])]))
+
+
+def test_add_n_groups_as_its_cpu_kernel_adds():
+    assert weights.add_n_groups(1) == [[0]]
+    assert weights.add_n_groups(5) == [[0, 1, 2, 3, 4]]
+    assert weights.add_n_groups(8) == [list(range(8))]
+    assert weights.add_n_groups(9) == [list(range(9))]
+    assert weights.add_n_groups(11) == [[0, 1, 2], list(range(3, 11))]
+    assert weights.add_n_groups(17) == [list(range(9)), list(range(9, 17))]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 8, 9, 11, 20])
+def test_total_in_order_is_add_n_bit_for_bit(count):
+    """Against tf.add_n itself (eager: its inputs in the order given), for counts where its
+    kernel groups the inputs, and a permuted order; values of mixed magnitude and signed
+    zeros, where the order of float additions shows."""
+    rng = np.random.default_rng(count)
+    slices = (rng.normal(size=(count, 50)) * 10.0 ** rng.integers(-6, 6, size=(count, 50)))
+    slices = slices.astype(np.float32)
+    slices[:, :3] = -0.0
+    order = list(rng.permutation(count))
+    got = weights.total_in_order([tf.constant(slices)], [order])[0].numpy()
+    want = tf.add_n([tf.constant(slices[i]) for i in order]).numpy()
+    assert np.array_equal(got, want) and np.array_equal(np.signbit(got), np.signbit(want))
+
+
+@pytest.mark.parametrize("num_weights, num_tasks", [(6, 3), (25, 5), (12, 11)])
+def test_direction_order_is_that_of_a_compiled_add_n_over_named_arguments(num_weights,
+                                                                          num_tasks):
+    """The earlier outer update was a tf.function over a list of per-task direction lists:
+    its graph optimiser sorts tf.add_n's inputs by argument name. The rule reproduces it."""
+    rng = np.random.default_rng(num_weights)
+    directions = [[tf.constant((rng.normal(size=40) * 10.0 ** rng.integers(-5, 5, size=40))
+                               .astype(np.float32)) for _ in range(num_weights)]
+                  for _ in range(num_tasks)]
+
+    @tf.function
+    def compiled_add_n(directions):
+        return [tf.add_n(list(group)) for group in zip(*directions)]
+
+    want = compiled_add_n(directions)
+    stacked = [tf.stack([directions[t][j] for t in range(num_tasks)])
+               for j in range(num_weights)]
+    got = weights.total_in_order(stacked, direction_order(num_weights, num_tasks))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g.numpy(), w.numpy())
+    # ... and it is not simply the task order: that differs for some weights.
+    plain = weights.total_in_order(stacked, [list(range(num_tasks))] * num_weights)
+    assert not all(np.array_equal(p.numpy(), w.numpy()) for p, w in zip(plain, want))
