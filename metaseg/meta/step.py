@@ -4,9 +4,12 @@ With R replicas (R = 1 under the default strategy, one device) and meta-batch M,
 adapts (``Adapter.adapt``, through the algorithm's ``task_direction``) to the ``M / R``
 episodes ``r * M/R ... (r + 1) * M/R - 1`` of the meta-batch, all from the same weights
 theta, with the batch-norm statistics and optimiser slots each task starts from chosen by
-the carry-over policy (``carry_over.py``). Each replica adds its tasks' directions; one
-``all_reduce`` (a single call on the flat list, an identity with one replica) adds the sums
-of all replicas, with every task's mean loss and task index, and every replica then holds
+the carry-over policy (``carry_over.py``; the tasks run in a ``tf.while_loop``, so the graph
+holds one task's adaptation whatever M is). Each replica adds its tasks' directions (in
+``algorithms.direction_order``, which keeps one-device results bit-identical to the earlier
+code); one ``all_reduce`` (a single call on the flat list, an identity with one replica)
+adds the sums of all replicas, with every task's mean loss and task index, and every
+replica then holds
 
     theta' = outer_update(theta, sum of all M directions, M, epsilon)
 
