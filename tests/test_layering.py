@@ -28,7 +28,8 @@ ROOT = "metaseg"
 # A name is a module or a package (and then everything under it); the longest name wins.
 LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("foundation", ("metaseg", "metaseg.errors", "metaseg.config", "metaseg.specs",
-                    "metaseg.resources", "metaseg.quiet", "metaseg.threads")),
+                    "metaseg.resources", "metaseg.quiet", "metaseg.threads",
+                    "metaseg.jsonfile")),
     ("data: what an episode passes through", ("metaseg.data",)),
     ("models", ("metaseg.models",)),
     ("checkpoints", ("metaseg.checkpoints",)),

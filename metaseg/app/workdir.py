@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from metaseg import jsonfile
 from metaseg.checkpoints import ADAPTATION_FILE, ADAPTED_SUBDIR
 from metaseg.cli import folders
 from metaseg.errors import DataError, MetasegError
@@ -77,10 +78,11 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 
 def read_json(path: str, default):
+    """The JSON value in one of the app's files, ``default`` if there is none yet."""
     if not os.path.exists(path):
         return default
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return jsonfile.read_json(path, "delete it to reset that part of the app's state",
+                              require_object=False)
 
 
 def write_json(path: str, value) -> None:

@@ -19,6 +19,7 @@ from typing import Optional, Tuple
 
 from absl import logging
 
+from metaseg import jsonfile
 from metaseg.checkpoints.layout import ADAPTATION_FILE, CONFIG_FILE
 from metaseg.config import RunConfig
 from metaseg.data.shards import write_text_atomic
@@ -55,14 +56,7 @@ def read_json(path: str, what: str) -> Optional[dict]:
     line) for a file that is unreadable or holds no object."""
     if not os.path.exists(path):
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is unreadable ({e}); restore it from the {what}") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} is not a JSON object; restore it from the {what}")
-    return raw
+    return jsonfile.read_json(path, f"restore it from the {what}", CheckpointError)
 
 
 def read_config(directory: str) -> Optional[dict]:

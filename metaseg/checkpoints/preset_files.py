@@ -11,10 +11,10 @@ named by its folder or, for those shipped in ``metaseg/shipped_presets/``, by it
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Dict, Optional
 
+from metaseg import jsonfile
 from metaseg.checkpoints.config_file import read_config
 from metaseg.checkpoints.layout import CONFIG_FILE
 from metaseg.checkpoints.state import final_layer_variables
@@ -89,16 +89,8 @@ def find(path: str) -> Optional[Preset]:
 
 
 def _read_metadata(directory: str) -> dict:
-    path = os.path.join(directory, METADATA_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except ValueError as e:
-        raise CheckpointError(f"preset {directory}: {METADATA_FILE} is not valid JSON ({e}); "
-                              "save the preset again with metaseg preset save") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"preset {directory}: {METADATA_FILE} must hold a JSON object")
-    return value
+    return jsonfile.read_json(os.path.join(directory, METADATA_FILE),
+                              "save the preset again with metaseg preset save", CheckpointError)
 
 
 def read(directory: str) -> Preset:

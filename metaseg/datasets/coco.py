@@ -17,13 +17,13 @@ foreground 255. Decoding polygons and RLEs needs ``pycocotools`` (``pip install
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
+from metaseg import jsonfile
 from metaseg.data import image_io
 from metaseg.data.image_lists import ImageList, image_key
 from metaseg.data.progress import Progress
@@ -66,14 +66,8 @@ class CocoSplit:
     """One annotation file: class names, images and their annotations by image id."""
 
     def __init__(self, path: str):
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except OSError as e:
-            raise DataError(f"cannot read COCO annotations {path}: {e.strerror}; download "
-                            "annotations_trainval2014.zip and unzip it into --coco_dir") from None
-        except ValueError as e:
-            raise DataError(f"{path} is not valid JSON ({e}); re-download it") from None
+        data = jsonfile.read_json(path, "download annotations_trainval2014.zip (again) and "
+                                  "unzip it into --coco_dir")
         categories = sorted(data.get("categories", []), key=lambda c: c["id"])
         if len(categories) != NUM_CLASSES:
             raise DataError(f"{path} has {len(categories)} categories, not COCO's "

@@ -58,7 +58,7 @@ def test_the_file_keeps_its_format(tmp_path):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("{", r"config\.json is unreadable \(Expecting property name"),
+    ("{", r"config\.json is not valid JSON \(Expecting property name"),
     ("[1, 2]", r"config\.json is not a JSON object"),
     ('{"meta": {"meta_iters": -1}}', r"config\.json: --meta-iters must be"),
     ('{"model": 3}', r"config\.json: section 'model' of the saved run config must be an "
@@ -109,5 +109,5 @@ def test_a_preset_s_config_goes_through_the_same_reader(tmp_path):
     for name in ("config.json", "model.weights.h5"):
         (tmp_path / name).write_text("{" if name == "config.json" else "")
     (tmp_path / "metadata.json").write_text('{"format_version": 1}')
-    with pytest.raises(CheckpointError, match=r"config\.json is unreadable"):
+    with pytest.raises(CheckpointError, match=r"config\.json is not valid JSON"):
         checkpoints.detect(tmp_path)
