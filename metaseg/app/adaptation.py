@@ -24,11 +24,11 @@ from metaseg.app.workdir import APP, CONFIDENCE_FILE, MASKS, OVERLAYS, WorkDir, 
     write_json
 from metaseg import checkpoints
 from metaseg.checkpoints import ADAPTED_SUBDIR
-from metaseg.cli import adapt as cli_adapt, folders, segment
+from metaseg.cli import adapt as cli_adapt, folders, scores, segment
 from metaseg.errors import ConfigError, DataError
 from metaseg.evaluation.predictions import overlay
 
-SCORES_FILE = review.SCORES_FILE
+SCORES_FILE = scores.SCORES_FILE
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,38 +9,25 @@ which the app's adaptation stores in ``app/confidence.json``.
 
 Hook for a quality estimator: have the adaptation job write ``scores.csv`` into its
 scratch folder beside ``masks/`` (see :data:`SCORES_FILE` in ``metaseg.app.adaptation``);
-it is committed with the predictions and used here.
+it is committed with the predictions and used here. The file's name, header and reader are
+``metaseg.cli.scores``'s (which writes it for ``metaseg adapt`` and ``predict``).
 """
 
 from __future__ import annotations
 
-import csv
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 
-SCORES_FILE = "scores.csv"
+from metaseg.cli.scores import SCORES_FILE, read_scores  # noqa: F401  (re-exported)
+
 ESTIMATED_IOU, CONFIDENCE = "estimated IoU", "mask confidence"
 
 
 def mask_confidence(probability: np.ndarray) -> float:
     """Mean of |2 p - 1| over foreground probabilities ``p`` float [H, W] in [0, 1]."""
     return float(np.mean(np.abs(2.0 * np.asarray(probability, np.float64) - 1.0)))
-
-
-def read_scores(path: str) -> Optional[Dict[str, float]]:
-    """{file name or stem: estimated IoU} from a scores.csv; None if there is none."""
-    if not os.path.exists(path):
-        return None
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    scores = {}
-    for row in rows:
-        if row.get("file") and row.get("estimated_iou") not in (None, ""):
-            name = os.path.basename(row["file"])
-            scores[name] = scores[os.path.splitext(name)[0]] = float(row["estimated_iou"])
-    return scores
 
 
 def order(names: List[str], confidence: Dict[str, float], scores_path: str) -> List[dict]:

@@ -5,6 +5,9 @@ The estimate is ``metaseg.evaluation.quality``'s: mask signals (flip agreement, 
 area) and, after ``--steps auto``, the held-out support IoU, mapped to IoU by the
 calibration (``quality.json``) stored with the initialisation. Without one the estimate is
 the raw flip agreement and ``low``/``high`` are ``nan``, said in one warning line.
+
+This module owns the file: its name (``SCORES_FILE``), its header (``HEADER``), the writer
+(``MaskScores.write``) and the reader (``read_scores``, which the app's review order uses).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import csv
 import math
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from absl import logging
@@ -25,6 +28,22 @@ from metaseg.evaluation import quality
 SCORES_FILE = "scores.csv"
 HEADER = ("file", "estimated_iou", "low", "high")
 SUGGESTED_FILE = "suggested.txt"
+
+
+def read_scores(path: str) -> Optional[Dict[str, float]]:
+    """{file name and its stem: estimated IoU} from a ``scores.csv`` (rows whose estimate
+    is empty are left out); None if there is no such file."""
+    if not os.path.exists(path):
+        return None
+    file_column, estimate_column = HEADER[0], HEADER[1]
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    found: Dict[str, float] = {}
+    for row in rows:
+        if row.get(file_column) and row.get(estimate_column) not in (None, ""):
+            name = os.path.basename(row[file_column])
+            found[name] = found[os.path.splitext(name)[0]] = float(row[estimate_column])
+    return found
 
 
 def find_calibration(directory: str) -> Optional[quality.Calibration]:

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from metaseg.__main__ import main
+from metaseg.app import review
+from metaseg.cli import scores as cli_scores
 from metaseg.evaluation import quality
 from tests.cli.conftest import own_stderr_lines, subprocess_env
 from tests.cli.test_metaseg_cli import QUERIES, save_initialisation, write_queries, write_support
@@ -69,6 +71,12 @@ def test_steps_auto_with_scores_and_suggestions(inputs, tmp_path):
     assert record["hyperparameters_from"].startswith("steps from --steps auto")
     header, scores = read_scores(out / "scores.csv")
     assert header == HEADER and sorted(scores) == sorted(n for n, _, _ in QUERIES)
+    assert list(cli_scores.HEADER) == HEADER and review.SCORES_FILE == cli_scores.SCORES_FILE
+    # the app's review order reads the file through the same owner that wrote it
+    read_back = review.read_scores(str(out / cli_scores.SCORES_FILE))
+    for name, (estimate, _, _) in scores.items():
+        assert read_back[name] == pytest.approx(estimate)
+        assert read_back[name.rsplit(".", 1)[0]] == pytest.approx(estimate)
     for estimate, low, high in scores.values():
         assert 0 <= low <= estimate <= high <= 1
     summary = record["query_quality"]
@@ -107,6 +115,17 @@ def test_steps_auto_needs_two_support_pairs(inputs, tmp_path):
         f"score), --support {single} has 1; add a labelled image, pass --steps N, or add "
         "--auto_fallback N to adapt for N steps then"]
     assert not out.exists()  # nothing written
+    # asked for: --auto_fallback N adapts for N steps after one warning line saying why
+    result = metaseg(["adapt", "--init", init, "--support", single, "--query", query,
+                      "--output", out, "--steps", "auto", "--auto_fallback", "1"], root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warned = [line for line in own_stderr_lines(result.stderr) if "needs at least two" in line]
+    assert len(warned) == 1 and warned[0].startswith("WARNING"), warned
+    assert f"--support {single} has 1" in warned[0] and "adapting for --auto_fallback 1" \
+        in warned[0]
+    record = json.loads((out / "model" / "adaptation.json").read_text())
+    assert record["steps"] == 1 and "auto_steps" not in record
+    assert record["hyperparameters_from"].startswith("steps from --auto_fallback")
 
 
 def test_missing_calibration_warns_and_writes_uncalibrated_scores(inputs, tmp_path):
