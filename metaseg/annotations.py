@@ -13,7 +13,11 @@ checks and resizes both through one path; EXIF orientation as ``image_io.open_im
 - **LabelMe** (a folder of ``.json`` files): the image is the embedded ``imageData`` if
   present (as LabelMe itself loads it), else ``imagePath`` relative to the JSON (or its file
   name in ``--support_images``); ``polygon``, ``rectangle`` and ``circle`` shapes of the
-  label are drawn as LabelMe's own ``shape_to_mask`` draws them (PIL, outline included).
+  label are drawn as LabelMe's own ``shape_to_mask`` draws them (PIL, outline included);
+  ``mask`` shapes (LabelMe >= 5.3: ``mask`` a base64 PNG of the box's pixels, ``points``
+  the box's top-left and bottom-right pixels, both included) are pasted into the box as
+  LabelMe's ``shapes_to_label`` does. ``line``, ``linestrip``, ``point`` and ``points``
+  mark no area and are refused.
 - **CVAT** "Segmentation mask 1.1" (a folder with ``labelmap.txt`` and
   ``SegmentationClass/``): the category's pixels are those of its ``labelmap.txt`` colour in
   ``SegmentationClass/NAME.png``; the names are those of ``ImageSets/Segmentation/*.txt``
@@ -21,9 +25,12 @@ checks and resizes both through one path; EXIF orientation as ``image_io.open_im
   images"), else ``--support_images DIR/NAME.*``.
 
 Rules (each failure is one error naming the file): a vertex more than ``VERTEX_TOLERANCE``
-pixel outside its image is refused (within it, as COCO's rounding leaves, the drawing clips
-it); an RLE of another size than its image, a missing image file (naming every path
-tried), an unknown category (listing those there are) are refused. Without
+pixel outside its image is refused, never clamped (within it, as COCO's rounding leaves,
+the drawing clips it; LabelMe's canvas keeps points on the image while drawing, so a vertex
+further out means the annotation or its recorded image size is wrong); a LabelMe mask whose
+box leaves the image or whose PNG is not the box's size, an RLE of another size than its
+image, a missing image file (naming every path tried), an unknown category (listing those
+there are) are refused. Without
 ``--category``, an export with one category uses it (logged); with several it is an error
 listing them. An annotated image without an object of the category is skipped, named in a
 warning (``folders.read_support_set``).
@@ -34,6 +41,7 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import io
 import json
 import math
 import os
@@ -48,7 +56,7 @@ from metaseg.errors import DataError
 
 VERTEX_TOLERANCE = 1.0  # pixels a vertex may lie outside its image (rounding in exports)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-LABELME_AREA_SHAPES = ("polygon", "rectangle", "circle")
+LABELME_AREA_SHAPES = ("polygon", "rectangle", "circle", "mask")
 CVAT_LABELMAP, CVAT_MASKS, CVAT_IMAGES = "labelmap.txt", "SegmentationClass", "JPEGImages"
 CVAT_BACKGROUND = "background"
 MAX_LISTED = 5
@@ -320,9 +328,34 @@ def _labelme_image(path: str, data: dict, images_dir: Optional[str]):
     return image, image, os.path.basename(relative)
 
 
+def _labelme_bitmap(shape: dict, points: np.ndarray, width: int, height: int, what: str):
+    """(x1, y1, bool [h, w]) of a LabelMe ``mask`` shape: its PNG and the box it fills."""
+    if len(points) != 2 or not np.isfinite(points).all():
+        raise DataError(f"{what}: a mask shape needs 2 points (its box's top-left and "
+                        f"bottom-right pixels), it has {len(points)}; save it again in LabelMe")
+    (x1, y1), (x2, y2) = points.astype(int).tolist()  # as LabelMe's shapes_to_label
+    if not (0 <= x1 <= x2 < width and 0 <= y1 <= y2 < height):
+        raise DataError(f"{what}: its mask's box ({x1}, {y1})-({x2}, {y2}) is not inside its "
+                        f"{width}x{height} image; fix the annotation (or the image size "
+                        "recorded with it)")
+    try:
+        encoded = base64.b64decode(shape.get("mask") or "", validate=True)
+        with Image.open(io.BytesIO(encoded)) as im:
+            bitmap = np.asarray(im.convert("L")) > 0
+    except (binascii.Error, ValueError, TypeError, OSError):
+        raise DataError(f"{what} is a mask shape whose 'mask' is not a base64 PNG; save it "
+                        "again in LabelMe") from None
+    if bitmap.shape != (y2 - y1 + 1, x2 - x1 + 1):
+        raise DataError(f"{what}: its mask is {bitmap.shape[1]}x{bitmap.shape[0]} but its box "
+                        f"({x1}, {y1})-({x2}, {y2}) is {x2 - x1 + 1}x{y2 - y1 + 1}; save it "
+                        "again in LabelMe")
+    return x1, y1, bitmap
+
+
 def labelme_area(shape: dict, width: int, height: int, what: str):
-    """(shape type, [(x, y)] vertices) of one LabelMe area shape; DataError naming ``what``
-    for a shape that marks no area, malformed points or a vertex out of the image."""
+    """(shape type, [(x, y)] vertices, or (x1, y1, bool bitmap) for a mask) of one LabelMe
+    area shape; DataError naming ``what`` for a shape that marks no area, malformed points,
+    a vertex out of the image or a mask that does not fit its box."""
     kind = shape.get("shape_type") or "polygon"
     if kind not in LABELME_AREA_SHAPES:
         raise DataError(f"{what} is a {kind!r} shape, which marks no area; only "
@@ -332,6 +365,8 @@ def labelme_area(shape: dict, width: int, height: int, what: str):
         points = np.asarray(shape.get("points"), np.float64).reshape(-1, 2)
     except (TypeError, ValueError):
         raise DataError(f"{what} has malformed points; save it again in LabelMe") from None
+    if kind == "mask":
+        return kind, _labelme_bitmap(shape, points, width, height, what)
     if (kind == "polygon" and len(points) < 3) or (kind != "polygon" and len(points) != 2):
         raise DataError(f"{what}: a {kind} needs {'3 or more' if kind == 'polygon' else '2'} "
                         f"points, it has {len(points)}")
@@ -344,8 +379,12 @@ def _labelme_drawer(areas: List[Tuple[str, list]], width: int, height: int):
     def draw() -> np.ndarray:
         canvas = Image.new("L", (width, height), 0)
         pen = ImageDraw.Draw(canvas)
+        pasted = np.zeros((height, width), bool)
         for kind, xy in areas:
-            if kind == "polygon":
+            if kind == "mask":
+                x1, y1, bitmap = xy
+                pasted[y1:y1 + bitmap.shape[0], x1:x1 + bitmap.shape[1]] |= bitmap
+            elif kind == "polygon":
                 pen.polygon(xy, outline=1, fill=1)
             elif kind == "rectangle":
                 (x0, y0), (x1, y1) = xy
@@ -355,7 +394,7 @@ def _labelme_drawer(areas: List[Tuple[str, list]], width: int, height: int):
                 (cx, cy), (px, py) = xy
                 r = math.hypot(cx - px, cy - py)
                 pen.ellipse([cx - r, cy - r, cx + r, cy + r], outline=1, fill=1)
-        return np.where(np.asarray(canvas) > 0, 255, 0).astype(np.uint8)
+        return np.where((np.asarray(canvas) > 0) | pasted, 255, 0).astype(np.uint8)
     return draw
 
 
