@@ -10,10 +10,20 @@ Under a ``tf.distribute`` strategy with several replicas the tasks of a repetiti
 over the replicas, R at a time: each replica adapts to one task and predicts its queries, and
 the predictions of all replicas are gathered to every process, which scores them exactly as
 on one device. Only the chief writes files.
+
+Otherwise ``--concurrent_tasks N`` adapts N tasks at once, each in its own Python thread
+calling the same compiled adaptation and prediction (TensorFlow releases the GIL inside
+them; the ops of both share the process's intra-/inter-op thread pools). Every task starts
+from the same saved state and nothing is shared between tasks, so each task's scores,
+predictions and saved checkpoint are bit-identical to the one-at-a-time run under the same
+thread settings; the main thread takes the results in task order, so progress lines,
+scores, files and their order are those of the sequential run.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -107,11 +117,11 @@ class Evaluator:
         for sample in range(num_samples):
             tasks = all_tasks if serial else [int(rng.choice(all_tasks))]
             sample_scores = []
-            for element, probs in self._adapted(start, store, tasks, steps, sample, lr,
-                                                save_dir):
+            for element, end, probs in self._adapted(start, store, tasks, steps, sample, lr,
+                                                     save_dir):
                 name = store.names[int(element["task"])]
                 score = self._score_task(start, element, lr, steps, name, sample, save_dir,
-                                         fold, probs)
+                                         fold, probs, end)
                 scores.setdefault(name, []).append(score)
                 sample_scores.append(score)
                 if progress is not None:
@@ -130,15 +140,20 @@ class Evaluator:
                                            sample=sample)
 
     def _adapted(self, start, store, tasks, steps, sample, lr, save_dir):
-        """(episode, query probabilities or None) per task; None: ``_score_task`` adapts.
+        """(episode, adapted state or None, query probabilities or None) per task, in task
+        order; None: ``_score_task`` adapts.
 
         With several replicas, and nothing per task to save, each round of R tasks is one
-        replicated adaptation whose predictions are gathered to every process."""
+        replicated adaptation whose predictions are gathered to every process. Else with
+        ``concurrent_tasks`` > 1 that many tasks are adapted at once by threads."""
         elements = self._episodes(store, tasks, steps, sample)
         if (self.strategy is None or save_dir or self.config.save_predictions_dir
                 or self.strategy.num_replicas_in_sync == 1):
+            if self.config.concurrent_tasks > 1:
+                yield from self._concurrently(start, elements, lr, steps)
+                return
             for element in elements:
-                yield element, None
+                yield element, None, None
             return
         replicas, batch = self.strategy.num_replicas_in_sync, []
         for element in list(elements) + [None]:
@@ -154,8 +169,34 @@ class Evaluator:
                     raise distribute.peer_failure(e, "evaluation") from None
                 queries = int(batch[0]["query_x"].shape[0])
                 for i, done in enumerate(batch):
-                    yield done, probs[i * queries:(i + 1) * queries]
+                    yield done, None, probs[i * queries:(i + 1) * queries]
                 batch = []
+
+    def _concurrently(self, start, elements, lr, steps):
+        """``_adapted`` with ``concurrent_tasks`` threads: the episodes are read here (one
+        tf.data iterator, one reader) and each adapted by a worker thread; one more episode
+        than threads is in flight so a thread never waits for the scoring of the oldest."""
+        width = self.config.concurrent_tasks
+        pool = concurrent.futures.ThreadPoolExecutor(width, thread_name_prefix="metaseg-eval")
+        pending = collections.deque()
+        try:
+            for element in elements:
+                pending.append((element, pool.submit(self._adapt_task, start, element, lr,
+                                                     steps)))
+                if len(pending) > width:
+                    element, future = pending.popleft()
+                    yield (element, *future.result())
+            while pending:
+                element, future = pending.popleft()
+                yield (element, *future.result())
+        finally:  # an error or Ctrl-C: no new task starts, the running ones end first
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _adapt_task(self, start, element, lr, steps):
+        """(adapted state, query probabilities) of one episode from the saved ``start``."""
+        end, _ = self.adapter.adapt(start, element["x"], element["y"], lr, tf.constant(0),
+                                    tf.constant(max(steps, 1)))
+        return end, self.predict(end, element["support_x"], element["query_x"])
 
     def _replicated(self, values, lr, steps):
         """Each replica adapts to its episode from the saved state; every query's probabilities."""
@@ -176,11 +217,9 @@ class Evaluator:
         return self._replicated_predict(values, lr, steps)
 
     def _score_task(self, start: AdaptState, element, lr, steps, name, sample, save_dir,
-                    fold: Optional[FoldMetrics] = None, probs=None) -> float:
+                    fold: Optional[FoldMetrics] = None, probs=None, end=None) -> float:
         if probs is None:
-            end, _ = self.adapter.adapt(start, element["x"], element["y"], lr, tf.constant(0),
-                                        tf.constant(max(steps, 1)))
-            probs = self.predict(end, element["support_x"], element["query_x"])
+            end, probs = self._adapt_task(start, element, lr, steps)
         ious = metrics.binary_iou(probs, element["query_y"]).numpy()
         if fold is not None:
             fold.add(name, np.asarray(probs), np.asarray(element["query_y"]))

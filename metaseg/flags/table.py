@@ -211,6 +211,11 @@ _EVAL = [
           "After meta-training, also evaluate on the training tasks (the original always did)."),
     _flag("compare_random_init", "bool", "eval.compare_random_init",
           "Also evaluate the random initialisation meta-training starts from, and print both."),
+    _flag("concurrent_tasks", "int", "eval.concurrent_tasks",
+          "Evaluation tasks adapted at once, each by its own Python thread calling the "
+          "compiled adaptation (>= 1; scores identical to 1 under the same "
+          "TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS). Default 1: on 2 cores two at "
+          "once measured MEASURED (bench/run_all.py, eval group)."),
 ]
 
 _UHO = [

@@ -86,7 +86,7 @@ NEW_FLAGS = {"dataset", "test_tasks_file", "val_tasks_file", "backbone_weights",
              "keep_checkpoints", "save_predictions_dir", "compare_random_init", "eval_train_tasks", "synthetic_num_classes",
              "synthetic_examples_per_class", "synthetic_image_size", "cache_dir", "train_list",
              "distribution_strategy", "num_cpu_devices", "tpu",
-             "tfds_data_dir", "carry_over"}
+             "tfds_data_dir", "carry_over", "concurrent_tasks"}
 
 
 def test_flag_set_is_flags_md_plus_the_new_ones():
