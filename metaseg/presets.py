@@ -1,7 +1,7 @@
 """Presets, keras-hub style: a folder that rebuilds a model by itself, and named ones shipped.
 
-A preset folder holds three files, written together (into a temporary folder renamed into
-place, so a preset is only ever complete or absent):
+A preset folder holds three files (four with a quality calibration), written together (into
+a temporary folder renamed into place, so a preset is only ever complete or absent):
 
 - ``config.json``: the run configuration, as a checkpoint's ``config.json`` (it rebuilds the
   model; UHO's values, when stored, sit beside the settings);
@@ -9,7 +9,11 @@ place, so a preset is only ever complete or absent):
   reads it), kernels stored as float16 to halve the size, vectors (biases, batch-norm
   parameters and statistics) as float32; loading casts back to the model's float32;
 - ``metadata.json``: what the preset is (architecture, image size, how and on what it was
-  trained, UHO values, metaseg version) and ``format_version``.
+  trained, UHO values, metaseg version) and ``format_version``;
+- ``quality.json``, when the source has one: the calibration of the per-mask quality
+  estimate (``metaseg.evaluation.quality``), copied so that ``metaseg adapt --init PRESET``
+  still writes calibrated estimated IoUs; ``metadata.json``'s ``quality_calibration`` says
+  whether it is there.
 
 ``load_preset(NAME or DIR)`` rebuilds the model. Names are the presets shipped in
 ``metaseg/shipped_presets/`` (``metaseg preset list``); ``kaggle://`` and ``hf://`` handles
@@ -36,8 +40,10 @@ from metaseg.checkpoints.preset_files import (  # noqa: F401  (the reading half,
     FORMAT_VERSION, HANDLES, METADATA_FILE, PRESET_FILES, SHIPPED_DIR, WEIGHTS_FILE, Preset,
     find, load_weights, looks_like_preset, read, refuse_handle, shipped)
 from metaseg.errors import CheckpointError
+from metaseg.evaluation import quality
 
 CONFIG_FILE = checkpoints.CONFIG_FILE
+QUALITY_FILE = quality.QUALITY_FILE  # copied when the source has one
 
 FLOAT16_MIN_NDIM = 2  # arrays of this many dimensions or more (kernels) are stored as float16
 
@@ -155,6 +161,7 @@ def save_preset(model_or_run_dir, directory: str, *, config=None, name: Optional
         source = checkpoints.open_checkpoint(os.fspath(model_or_run_dir), "SRC")
         model = checkpoints.build_and_restore(source)
         run_config, raw, iteration = source.config, source.raw, checkpoints.iteration_of(source)
+        calibration = quality.read(source.directory)
         where = os.path.abspath(source.directory)
         trained_on = trained_on or (source.preset.metadata.get("trained_on", "")
                                     if source.preset else "")
@@ -163,6 +170,7 @@ def save_preset(model_or_run_dir, directory: str, *, config=None, name: Optional
             raise CheckpointError("save_preset(model, DIR) needs config=RunConfig (the "
                                   "settings the model was built with)")
         model, run_config, iteration, where = model_or_run_dir, config, None, "a Keras model"
+        calibration = None
         raw = dataclasses.asdict(config)
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
@@ -177,10 +185,14 @@ def save_preset(model_or_run_dir, directory: str, *, config=None, name: Optional
         os.remove(full)
         checkpoints.write_config(tmp, raw)
         num_weights = int(sum(int(v.numpy().size) for v in model.weights))
-        checkpoints.write_json(os.path.join(tmp, METADATA_FILE), metadata_for(
+        metadata = metadata_for(
             run_config, raw, name=name or os.path.basename(directory), description=description,
             trained_on=trained_on or "not recorded", source=where, iteration=iteration,
-            num_weights=num_weights))
+            num_weights=num_weights)
+        metadata["quality_calibration"] = QUALITY_FILE if calibration else None
+        if calibration is not None:  # the estimated IoU stays calibrated from the preset
+            quality.write(tmp, calibration.value)
+        checkpoints.write_json(os.path.join(tmp, METADATA_FILE), metadata)
         _publish(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

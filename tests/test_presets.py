@@ -15,6 +15,7 @@ from PIL import Image
 from metaseg import presets
 from metaseg.config import DataConfig, ModelConfig, RunConfig
 from metaseg.errors import CheckpointError
+from metaseg.evaluation import quality
 from metaseg.pipeline import build
 from tests.cli.conftest import (  # noqa: F401  (shards: a fixture)
     own_stderr_lines, run_script, shards, subprocess_env)
@@ -133,6 +134,9 @@ def test_preset_save_from_a_checkpoint_then_info(tmp_path):
     assert saved.metadata["uho"] == {"learning_rate": UHO_LR, "steps": UHO_STEPS}
     assert saved.metadata["training"]["meta_iterations"] == 7
     assert saved.config["uho_steps"] == UHO_STEPS  # config.json keeps what adapt reads
+    assert "without a mask quality calibration" in done.stdout  # init has no quality.json
+    assert saved.metadata["quality_calibration"] is None
+    assert not (tmp_path / "saved" / quality.QUALITY_FILE).exists()
     done = metaseg_command("info", tmp_path / "saved", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = dict(line.split(":", 1) for line in done.stdout.splitlines())
@@ -142,6 +146,30 @@ def test_preset_save_from_a_checkpoint_then_info(tmp_path):
     assert rows["UHO"].strip().startswith(f"learning rate {UHO_LR:g}, steps {UHO_STEPS}")
     refused = metaseg_command("preset", "save", init, tmp_path / "saved", cwd=tmp_path)
     assert "already exists and is not empty; pass --overwrite" in one_error_line(refused)
+
+
+def test_preset_save_carries_the_quality_calibration(tmp_path):
+    """The shipped preset's quality.json goes with a preset saved from it, so adapting from
+    the saved preset still writes calibrated estimated IoUs (and no missing-calibration
+    warning)."""
+    saved = tmp_path / "saved"
+    done = metaseg_command("preset", "save", SHIPPED, saved, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"with its mask quality calibration ({quality.QUALITY_FILE})" in done.stdout
+    shipped_quality = os.path.join(presets.shipped()[SHIPPED], quality.QUALITY_FILE)
+    with open(shipped_quality, encoding="utf-8") as f:
+        assert json.loads((saved / quality.QUALITY_FILE).read_text()) == json.load(f)
+    assert presets.read(str(saved)).metadata["quality_calibration"] == quality.QUALITY_FILE
+    support, query = write_support(tmp_path / "support"), write_queries(tmp_path / "query")
+    out = tmp_path / "out"
+    done = metaseg_command("adapt", "--init", saved, "--support", support, "--query", query,
+                           "--output", out, "--steps", 1, "--image_size", 32, cwd=tmp_path,
+                           timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "has no quality.json" not in done.stderr
+    record = json.loads((out / "model" / "adaptation.json").read_text())
+    assert record["query_quality"]["estimate"].startswith("calibrated")
+    assert (out / "model" / quality.QUALITY_FILE).exists()
 
 
 def _damaged(tmp_path, case):

@@ -43,7 +43,13 @@ def run_save(args: argparse.Namespace) -> int:
     preset = presets.save_preset(args.source, args.directory, name=args.name,
                                  description=args.description, trained_on=args.trained_on,
                                  overwrite=args.overwrite)
-    print(f"preset {preset.name} written to {preset.directory}", flush=True)
+    if preset.metadata.get("quality_calibration"):
+        carried = f"with its mask quality calibration ({presets.QUALITY_FILE})"
+    else:
+        carried = (f"without a mask quality calibration ({args.source} has no "
+                   f"{presets.QUALITY_FILE}: adapt and predict will give uncalibrated "
+                   "estimated IoUs)")
+    print(f"preset {preset.name} written to {preset.directory}, {carried}", flush=True)
     return 0
 
 

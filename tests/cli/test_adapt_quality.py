@@ -143,6 +143,17 @@ def test_missing_calibration_warns_and_writes_uncalibrated_scores(inputs, tmp_pa
     assert "uncalibrated" in json.loads(
         (out / "model" / "adaptation.json").read_text())["query_quality"]["estimate"]
     assert len((out / "suggested.txt").read_text().splitlines()) == 1
+    # the adapted model has no calibration either: predict says so once, and still scores
+    assert not (out / "model" / quality.QUALITY_FILE).exists()
+    predicted = tmp_path / "predicted"
+    result = metaseg(["predict", "--model", out, "--input", query, "--output", predicted],
+                     root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warned = [l for l in own_stderr_lines(result.stderr) if "has no quality.json" in l]
+    assert len(warned) == 1 and "raw flip agreement" in warned[0], warned
+    header, again = read_scores(predicted / "scores.csv")
+    assert header == HEADER and sorted(again) == sorted(scores)
+    assert all(math.isnan(low) and math.isnan(high) for _, low, high in again.values())
 
 
 def test_bad_suggest_and_steps_values(inputs, tmp_path):
