@@ -45,6 +45,38 @@ def time_table(results: Dict) -> str:
     return "\n".join(lines)
 
 
+def _load(pair) -> str:
+    """``[[1, 5, 15 min] before, [...] after]`` -> ``"2.1 -> 3.0"`` (1-minute load average)."""
+    return f"{pair[0][0]:.1f} -> {pair[1][0]:.1f}" if pair else "-"
+
+
+def fused_and_concurrent_table(results: Dict) -> str:
+    """Inner step with the fused vs today's unfused batch norm, and evaluation tasks/hour
+    one at a time vs ``--concurrent_tasks``, with the 1-minute load average around each."""
+    lines = ["| px | inner step fp32 (s) | same, unfused batch norm (s) | fused / unfused "
+             "| eval tasks/h sequential | eval tasks/h concurrent | speed-up | identical scores "
+             "| tasks x steps, concurrent, threads (intra, inter) | load seq. | load conc. |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for size in results["sizes"]:
+        inner = _find(results["groups"], "inner", size)
+        ev = _find(results["groups"], "eval", size)
+        fused, unfused = inner.get("inner_step_fp32_s"), inner.get("inner_step_unfused_bn_s")
+        ratio = fused / unfused if fused and unfused else None
+        settings = ev.get("eval_throughput_settings")
+        how = (f"{settings['tasks']} x {settings['steps']}, {settings['concurrent_tasks']}, "
+               f"{tuple(settings['threads_intra_inter'])}" if settings else "-")
+        identical = ev.get("eval_concurrent_identical")
+        lines.append(
+            f"| {size} | {_fmt(fused)} | {_fmt(unfused)} | {_fmt(ratio, 2)} "
+            f"| {_fmt(ev.get('eval_tasks_per_hour_sequential'), 0)} "
+            f"| {_fmt(ev.get('eval_tasks_per_hour_concurrent'), 0)} "
+            f"| {_fmt(ev.get('eval_concurrent_speedup'), 2)} "
+            f"| {'-' if identical is None else ('yes' if identical else 'NO')} | {how} "
+            f"| {_load(ev.get('eval_throughput_load_sequential'))} "
+            f"| {_load(ev.get('eval_throughput_load_concurrent'))} |")
+    return "\n".join(lines)
+
+
 def throughput_table(results: Dict) -> str:
     lines = ["| px | precision | pass | s / batch of 8 | GFLOP / step | GFLOP/s "
              "| fp32 matmul GFLOP/s | bf16 matmul GFLOP/s |", "|---|---|---|---|---|---|---|---|"]
@@ -90,6 +122,10 @@ def markdown(results: Dict) -> str:
         f"times are the best (steps) or median (passes) of {results['options']['repeats']} "
         "repetitions after warm-up.", "",
         "## Step and iteration times", "", time_table(results), "",
+        "## Fused batch norm; concurrent evaluation", "",
+        "Targets (issue 16): fused / unfused <= 0.85 at 224 px; concurrent >= 1.3x the "
+        "sequential tasks/hour. Load: 1-minute load average before -> after the pass.", "",
+        fused_and_concurrent_table(results), "",
         "## Throughput", "", throughput_table(results), "",
         "## Peak memory", "",
         "Peak resident set size (`ru_maxrss`) of the process that ran each measurement "

@@ -5,7 +5,8 @@
 
 For each image size, each measurement group of ``suite.py`` (model passes and FLOPs with
 fp32/bf16 matmul rates, compiled inner step fp32/bf16 vs bare Keras step, Reptile and
-FOMAML meta-iterations, evaluation of a 5-shot task with 59 steps, data pipeline share)
+FOMAML meta-iterations, evaluation of a 5-shot task with 59 steps and the tasks/hour of
+evaluating 24 tasks of 10 steps one at a time vs ``--concurrent_tasks 2``, data pipeline share)
 runs in a fresh Python process, so its peak resident memory (``ru_maxrss``) is its own.
 Then, unless ``--noaccuracy``, the README quickstart (``flags/quickstart.flags``) runs
 once in fp32 and once in bf16 (``bench/precision_run.py --precision bf16``): mean IoU on
@@ -48,6 +49,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("eval_tasks", 3, "Tasks per timed evaluation.", lower_bound=1)
     flags.DEFINE_integer("prefetch_episodes", 3, "Episodes per pipeline-share run.",
                          lower_bound=1)
+    flags.DEFINE_integer("throughput_tasks", 24, "Tasks of the evaluation-throughput "
+                         "measurement (sequential vs --concurrent_tasks).", lower_bound=1)
+    flags.DEFINE_integer("throughput_steps", 10, "Inner steps per task there.", lower_bound=1)
+    flags.DEFINE_integer("concurrent_tasks", 2, "Tasks adapted at once there.", lower_bound=1)
     flags.DEFINE_integer("matmul_n", 2048, "Side of the square matmuls.", lower_bound=16)
     flags.DEFINE_boolean("accuracy", True, "Run the quickstart in fp32 and bf16.")
     flags.DEFINE_integer("accuracy_meta_iters", None,
@@ -62,7 +67,9 @@ def options():
     import suite  # pylint: disable=import-outside-toplevel  # imports TensorFlow
     return suite.Options(repeats=FLAGS.repeats, eval_steps=FLAGS.eval_steps,
                          eval_tasks=FLAGS.eval_tasks, prefetch_episodes=FLAGS.prefetch_episodes,
-                         matmul_n=FLAGS.matmul_n)
+                         matmul_n=FLAGS.matmul_n, throughput_tasks=FLAGS.throughput_tasks,
+                         throughput_steps=FLAGS.throughput_steps,
+                         concurrent_tasks=FLAGS.concurrent_tasks)
 
 
 def run_child(cmd: List[str], log_path: str) -> Dict:

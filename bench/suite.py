@@ -30,6 +30,7 @@ from metaseg.config import EvalConfig, ModelConfig  # noqa: E402
 from metaseg.data.tasks import TaskStore  # noqa: E402
 from metaseg.evaluation.evaluate import Evaluator  # noqa: E402
 from metaseg.models import build_model  # noqa: E402
+from metaseg.threads import usable_cores  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -43,6 +44,11 @@ class Options:
     eval_tasks: int = 3  # tasks timed per evaluation measurement
     prefetch_episodes: int = 3  # episodes per run of the pipeline-share measurement
     matmul_n: int = 2048
+    # Evaluation throughput, sequential vs --concurrent_tasks (issue 16 item 3): 24 test tasks
+    # as the benchmark's test split, each with throughput_steps steps.
+    throughput_tasks: int = 24
+    throughput_steps: int = 10
+    concurrent_tasks: int = 2
 
 
 def _model_config(precision: str) -> ModelConfig:
@@ -101,7 +107,46 @@ def eval_group(size: int, opts: Options) -> Dict:
     tic = time.perf_counter()  # one pass (59 steps at 224 px take over a minute per task)
     evaluator.evaluate(store, num_samples=1, serial=True)
     return {"eval_task_s": (time.perf_counter() - tic) / opts.eval_tasks,
-            "eval_steps": opts.eval_steps, "eval_tasks": opts.eval_tasks, "shots": 5}
+            "eval_steps": opts.eval_steps, "eval_tasks": opts.eval_tasks, "shots": 5,
+            **eval_throughput(size, opts, evaluator)}
+
+
+def eval_throughput(size: int, opts: Options, sequential: Evaluator) -> Dict:
+    """Tasks per hour evaluating ``throughput_tasks`` 5-shot tasks of ``throughput_steps``
+    steps one at a time and ``concurrent_tasks`` at once (``--concurrent_tasks``), the same
+    thread pools, one pass each after warm-up; whether every task's score is identical; the
+    load average before and after each pass (the machine may be shared)."""
+    store = _store(size, opts.throughput_tasks, seed=1)
+    config = dataclasses.replace(sequential.config, eval_iters=opts.throughput_steps)
+    evaluators = {"sequential": Evaluator(sequential.model, bench_meta.INNER, config,
+                                          adapter=sequential.adapter),
+                  "concurrent": Evaluator(sequential.model, bench_meta.INNER,
+                                          dataclasses.replace(
+                                              config, concurrent_tasks=opts.concurrent_tasks),
+                                          adapter=sequential.adapter)}
+    # Warm-up: the episode function of these step counts, and both ways of adapting.
+    warm = list(range(min(opts.concurrent_tasks, len(store))))
+    for evaluator in evaluators.values():
+        evaluator.evaluate(store, task_indices=warm, num_samples=1, serial=True, steps=1)
+        next(iter(evaluator._episodes(store, [0], opts.throughput_steps, 0)))  # pylint: disable=protected-access
+    out, scores = {}, {}
+    for name, evaluator in evaluators.items():
+        load_before = os.getloadavg()
+        tic = time.perf_counter()
+        scores[name] = evaluator.evaluate(store, num_samples=1, serial=True).task_scores
+        seconds = time.perf_counter() - tic
+        out[f"eval_tasks_per_hour_{name}"] = 3600.0 * opts.throughput_tasks / seconds
+        out[f"eval_throughput_load_{name}"] = [list(load_before), list(os.getloadavg())]
+    out["eval_concurrent_speedup"] = (out["eval_tasks_per_hour_concurrent"]
+                                      / out["eval_tasks_per_hour_sequential"])
+    out["eval_concurrent_identical"] = scores["sequential"] == scores["concurrent"]
+    out["eval_throughput_settings"] = {
+        "tasks": opts.throughput_tasks, "steps": opts.throughput_steps, "shots": 5,
+        "concurrent_tasks": opts.concurrent_tasks, "threads_intra_inter": [
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads()],
+        "cores": usable_cores()}
+    return out
 
 
 def data_group(size: int, opts: Options) -> Dict:

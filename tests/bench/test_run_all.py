@@ -22,7 +22,8 @@ def test_tiny_suite_writes_json_and_markdown(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / "run_all.py"), "--sizes=32", "--groups=eval",
-         "--repeats=1", "--eval_steps=1", "--eval_tasks=1", "--noaccuracy",
+         "--repeats=1", "--eval_steps=1", "--eval_tasks=1", "--throughput_tasks=3",
+         "--throughput_steps=1", "--noaccuracy",
          f"--output={output}"], capture_output=True, text=True, env=env, timeout=time_limit(600),
         check=False)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -34,6 +35,10 @@ def test_tiny_suite_writes_json_and_markdown(tmp_path):
     [group] = results["groups"]  # measured in its own process
     assert group["group"] == "eval" and group["image_size"] == 32 and "error" not in group
     assert group["eval_task_s"] > 0 and group["peak_rss_mb"] > 100
+    assert group["eval_tasks_per_hour_sequential"] > 0 and group["eval_concurrent_identical"]
+    assert group["eval_concurrent_speedup"] == pytest.approx(
+        group["eval_tasks_per_hour_concurrent"] / group["eval_tasks_per_hour_sequential"])
+    assert group["eval_throughput_settings"]["concurrent_tasks"] == 2
     text = (tmp_path / "results.md").read_text()
     assert "## Step and iteration times" in text and "| 32 |" in text
 
@@ -47,9 +52,15 @@ def _complete_results():
         {"group": "model", "passes": passes, "matmul": {
             "fp32": {"gflop_per_s": 200.0}, "bf16": {"gflop_per_s": 210.0}}, **common},
         {"group": "inner", "bare_keras_step_s": 0.11, "inner_step_fp32_s": 0.1,
-         "inner_step_bf16_s": 0.12, **common},
+         "inner_step_bf16_s": 0.12, "inner_step_unfused_bn_s": 0.125, **common},
         {"group": "meta", "reptile_iteration_s": 1.2, "fomaml_iteration_s": 1.3, **common},
-        {"group": "eval", "eval_task_s": 7.0, "eval_steps": 59, **common},
+        {"group": "eval", "eval_task_s": 7.0, "eval_steps": 59,
+         "eval_tasks_per_hour_sequential": 2000.0, "eval_tasks_per_hour_concurrent": 2700.0,
+         "eval_concurrent_speedup": 1.35, "eval_concurrent_identical": True,
+         "eval_throughput_settings": {"tasks": 24, "steps": 10, "concurrent_tasks": 2,
+                                      "threads_intra_inter": [1, 2], "cores": 2},
+         "eval_throughput_load_sequential": [[2.0, 1.0, 1.0], [2.5, 1.0, 1.0]],
+         "eval_throughput_load_concurrent": [[2.5, 1.0, 1.0], [3.0, 1.0, 1.0]], **common},
         {"group": "data", "pipeline_share": 0.02, **common}]
     runs = [{"precision": "fp32", "mean_iou": 0.56, "ci95": 0.05, "wall_s": 200.0},
             {"precision": "bf16", "mean_iou": 0.555, "ci95": 0.05, "wall_s": 220.0}]
@@ -68,6 +79,8 @@ def test_report_has_every_table_and_the_bf16_decision():
     assert "| 64 | 0.100 | 0.120 | 0.110 | 1.20 | 1.30 | 7.00 | 2.0 % |" in text
     assert "| 64 | bf16 | forward+backward | 0.100 | 8.90 | 89.0 | 200 | 210 |" in text
     assert "| eval | 64 | 900 |" in text
+    assert ("| 64 | 0.100 | 0.125 | 0.80 | 2000 | 2700 | 1.35 | yes | 24 x 10, 2, (1, 2) "
+            "| 2.0 -> 2.5 | 2.5 -> 3.0 |") in text
     decision = results["mixed_precision"]["decision"]
     assert "-0.5 points (within" in decision and "not recommended" in decision
 
