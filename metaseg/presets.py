@@ -159,9 +159,9 @@ def save_preset(model_or_run_dir, directory: str, *, config=None, name: Optional
     _check_target(directory, overwrite)
     if isinstance(model_or_run_dir, (str, os.PathLike)):
         source = checkpoints.open_checkpoint(os.fspath(model_or_run_dir), "SRC")
+        calibration = quality.read(source.directory)  # a damaged one: refused before building
         model = checkpoints.build_and_restore(source)
         run_config, raw, iteration = source.config, source.raw, checkpoints.iteration_of(source)
-        calibration = quality.read(source.directory)
         where = os.path.abspath(source.directory)
         trained_on = trained_on or (source.preset.metadata.get("trained_on", "")
                                     if source.preset else "")

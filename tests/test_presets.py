@@ -172,6 +172,17 @@ def test_preset_save_carries_the_quality_calibration(tmp_path):
     assert (out / "model" / quality.QUALITY_FILE).exists()
 
 
+def test_preset_save_refuses_a_damaged_quality_json(tmp_path):
+    """A source whose quality.json is not JSON: one error line naming it, no preset written
+    (rather than a preset that silently lost its calibration)."""
+    init = save_initialisation(tmp_path / "init")
+    (init / quality.QUALITY_FILE).write_text("{")
+    done = metaseg_command("preset", "save", "-q", init, tmp_path / "saved", cwd=tmp_path)
+    assert quality.QUALITY_FILE in one_error_line(done)
+    assert not (tmp_path / "saved").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".saved")] == []
+
+
 def _damaged(tmp_path, case):
     target = tmp_path / case
     shipped = presets.shipped()[SHIPPED]
