@@ -84,11 +84,7 @@ def main(argv):
     for size in (int(s) for s in FLAGS.sizes):
         rows.append(measure(size, FLAGS.repeats))
         print(markdown(rows[-1:]), flush=True)
-    text = markdown(rows)
-    provenance.write_json(FLAGS.output, {"provenance": prov, "rows": rows})
-    provenance.write_atomic(os.path.splitext(FLAGS.output)[0] + ".md",
-                            provenance.markdown_header(prov) + "\n" + text + "\n")
-    print(text)
+    provenance.write_results(FLAGS.output, prov, markdown(rows), rows=rows)
 
 
 if __name__ == "__main__":

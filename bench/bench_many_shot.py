@@ -129,11 +129,7 @@ def main(argv):
                          + " ".join(result.stderr.strip().splitlines()[-1:]))
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
             print(markdown(rows[-1:]), flush=True)
-    text = markdown(rows)
-    provenance.write_json(FLAGS.output, {"provenance": prov, "rows": rows})
-    provenance.write_atomic(os.path.splitext(FLAGS.output)[0] + ".md",
-                            provenance.markdown_header(prov) + "\n" + text + "\n")
-    print(text)
+    provenance.write_results(FLAGS.output, prov, markdown(rows), rows=rows)
 
 
 if __name__ == "__main__":

@@ -187,11 +187,8 @@ def main(argv):
     rows = merge_rounds(runs)
     compare(rows)
     layout = layout_check(int(FLAGS.sizes[0]), FLAGS.repeats)
-    text = markdown(rows, layout)
-    provenance.write_json(FLAGS.output, {"provenance": prov, "rows": rows, "layout": layout})
-    provenance.write_atomic(os.path.splitext(FLAGS.output)[0] + ".md",
-                            provenance.markdown_header(prov) + "\n" + text + "\n")
-    print(text)
+    provenance.write_results(FLAGS.output, prov, markdown(rows, layout), rows=rows,
+                             layout=layout)
 
 
 if __name__ == "__main__":

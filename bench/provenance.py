@@ -104,3 +104,12 @@ def write_atomic(path: str, text: str) -> None:
 
 def write_json(path: str, data) -> None:
     write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_results(output: str, prov: Dict, table: str, **data) -> None:
+    """A benchmark's results: ``output`` (JSON: the provenance, then ``data``) and, beside
+    it, the same name with ``.md`` (the provenance header and ``table``); ``table`` is also
+    printed."""
+    write_json(output, {"provenance": prov, **data})
+    write_atomic(os.path.splitext(output)[0] + ".md", markdown_header(prov) + "\n" + table + "\n")
+    print(table)
