@@ -42,7 +42,6 @@ import base64
 import binascii
 import difflib
 import io
-import json
 import math
 import os
 import re
@@ -52,6 +51,7 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageDraw
 
+from metaseg import jsonfile
 from metaseg.errors import DataError
 
 VERTEX_TOLERANCE = 1.0  # pixels a vertex may lie outside its image (rounding in exports)
@@ -130,13 +130,7 @@ def check_vertices(points, width: int, height: int, what: str) -> None:
 
 
 def _read_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}") from None
-    except ValueError as e:
-        raise DataError(f"{path} is not valid JSON ({e}); re-export it") from None
+    return jsonfile.read_json(path, "re-export it", require_object=False)
 
 
 def _first_existing(relative: str, roots: Sequence[str], what: str) -> str:
