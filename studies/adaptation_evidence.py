@@ -347,10 +347,31 @@ def _coverage(tasks: List[Dict], key: str) -> Dict:
             "mean_absolute_error": float(np.mean(np.abs(est - iou)))}
 
 
+def _merge_seeds(results: List[Dict]) -> Dict:
+    """One task's results over its seeds: masks concatenated, numbers averaged (so a task,
+    not a task x seed, is the unit of every CI)."""
+    merged = {}
+    for key in ("fixed", "auto", "uho"):
+        merged[key] = {k: [v for r in results for v in r[key][k]]
+                       for k in results[0][key] if isinstance(results[0][key][k], list)}
+    merged["auto"]["steps"] = float(np.mean([r["auto"]["steps"] for r in results]))
+    s = [r["suggestion"] for r in results]
+    merged["suggestion"] = {
+        "start": float(np.mean([x["start"] for x in s])),
+        **{kind: {k: float(np.mean([x[kind][k] for x in s])) for k in s[0][kind]}
+           for kind in ("suggested", "random")}}
+    return merged
+
+
 def summarise(records: List[Dict]) -> Dict:
     out = {}
+    by_task: Dict[str, List[Dict]] = {}
+    for r in records:
+        by_task.setdefault(r["task"], []).append(r)
+    merged = [(rs[0]["group"], _merge_seeds([r["result"] for r in rs]))
+              for rs in by_task.values()]
     for group in ("synthetic", "photo", "all"):
-        tasks = [r["result"] for r in records if group == "all" or r["group"] == group]
+        tasks = [m for g, m in merged if group == "all" or g == group]
         if not tasks:
             continue
         policies = {p: _mean_ci([float(np.mean(t[p]["iou"])) for t in tasks])
@@ -389,7 +410,8 @@ def markdown(results: Dict, header: str) -> str:
              f"`--steps auto` up to {s['auto_max_steps']}; UHO on {len(s['uho'])} seed(s): "
              + "; ".join(f"seed {k}: {v['steps']} steps at lr {v['learning_rate']:g}"
                          for k, v in s["uho"].items())
-             + f"; seeds {s['seeds']}. Means ± 95 % CI half-widths over tasks x seeds.", ""]
+             + f"; seeds {s['seeds']}. Means ± 95 % CI half-widths (1.96 sd / sqrt(n)) over "
+             "tasks, each task's seeds averaged first.", ""]
     lines += ["## Step-count policies (mean query IoU)", "",
               "| tasks | n | fixed | auto | UHO's | auto - fixed | auto - UHO | auto's steps |",
               "|---|---|---|---|---|---|---|---|"]
