@@ -111,6 +111,10 @@ def accuracy_table(results: Dict) -> str:
                      f"| {_fmt(run.get('ci95'), 4)} | {_fmt(run.get('wall_s'), 0)} "
                      f"| {_fmt(run.get('peak_rss_mb'), 0)} |")
     lines.append(f"\n{acc['decision']}")
+    if acc.get("measured_at"):  # carried over from an earlier run with the accuracy runs
+        at = acc["measured_at"]
+        lines.append(f"\n(Measured by an earlier `{at['command']}` at commit "
+                     f"`{at['commit'][:7]}`, {at['timestamp']}; this run had --noaccuracy.)")
     return "\n".join(lines)
 
 

@@ -215,10 +215,9 @@ _EVAL = [
           "Evaluation tasks adapted at once, each by its own Python thread calling the "
           "compiled adaptation (>= 1; scores identical to 1 under the same "
           "TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS; N tasks' memory at once). "
-          "Default 1 until measured on an idle machine: on 2 busy cores (1-minute load 5-9), "
-          "2 at once gave 1.13x the tasks/hour at 64 px in bench/run_all.py's eval group "
-          "and 2.0-2.3x in a smaller run, where a bigger share of the contended CPU may be "
-          "the gain. Under a --distribution_strategy with several replicas, and nothing "
+          "On 2 idle cores (1 + 2 threads) 2 at once gave 1.29x the tasks/hour at 64 px and "
+          "1.40x at 224 px (bench/run_all.py's eval group); the default stays 1, which "
+          "holds one task's memory. Under a --distribution_strategy with several replicas, and nothing "
           "saved per task, the replicas run the tasks and this is ignored."),
 ]
 
