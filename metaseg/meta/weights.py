@@ -28,14 +28,6 @@ def scale(a: Sequence[tf.Tensor], factor) -> list:
     return [x * tf.cast(factor, x.dtype) for x in a]
 
 
-def total(weight_lists: Sequence[Sequence[tf.Tensor]]) -> list:
-    """The element-wise sum of several weight lists, added in order (``tf.add_n``: for float
-    tensors, ``((w_0 + w_1) + w_2) + ...``, as a loop of ``add`` would)."""
-    if not weight_lists:
-        raise ValueError("total() needs at least one weight list")
-    return [tf.add_n(list(group)) for group in zip(*weight_lists, strict=True)]
-
-
 def add_n_groups(count: int) -> list:
     """How ``tf.add_n``'s CPU kernel adds ``count`` inputs: the first group (2-9 inputs) left to
     right, then each further group of 8 summed left to right and added to the total."""
@@ -77,11 +69,6 @@ def total_in_order(stacked: Sequence[tf.Tensor], orders: Sequence[Sequence[int]]
 def _negative_zeros(stacked) -> list:
     """-0.0 of one slice's shape: -0.0 + x is x bit for bit (also for x = -0.0)."""
     return [tf.fill(s.shape[1:], tf.constant(-0.0, s.dtype)) for s in stacked]
-
-
-def mean(weight_lists: Sequence[Sequence[tf.Tensor]]) -> list:
-    """The element-wise mean of several weight lists (e.g. the adapted weights of a meta-batch)."""
-    return [s / len(weight_lists) for s in total(weight_lists)]
 
 
 def interpolate(old: Sequence[tf.Tensor], new: Sequence[tf.Tensor], epsilon) -> list:

@@ -11,7 +11,6 @@ from tests.conftest import time_limit
 RNG = np.random.default_rng(0)
 A = [RNG.normal(size=(3, 2)).astype(np.float32), RNG.normal(size=(4,)).astype(np.float32)]
 B = [RNG.normal(size=(3, 2)).astype(np.float32), RNG.normal(size=(4,)).astype(np.float32)]
-C = [RNG.normal(size=(3, 2)).astype(np.float32), RNG.normal(size=(4,)).astype(np.float32)]
 
 
 def _close(got, want):
@@ -23,10 +22,6 @@ def test_add_subtract_scale_against_numpy():
     _close(weights.add(A, B), [A[0] + B[0], A[1] + B[1]])
     _close(weights.subtract(A, B), [A[0] - B[0], A[1] - B[1]])
     _close(weights.scale(A, 0.25), [A[0] / 4, A[1] / 4])
-
-
-def test_mean_of_three_lists():
-    _close(weights.mean([A, B, C]), [(A[i] + B[i] + C[i]) / 3 for i in range(2)])
 
 
 def test_interpolate_endpoints_and_midpoint():
