@@ -111,7 +111,9 @@ class Adapter:
         self._loss_fn = loss_fn
         self.net = logits_model(model)
         self.inner = inner
-        self.optimizer = optim.make_optimizer(inner)
+        self.optimizer = optim.make_optimizer(inner.sgd)
+        self._learning_rate = optim.schedule(inner.learning_rate_scheduler,
+                                             inner.decay_after_n_steps, inner.step_decay_rate)
         self._regularized = losses.regularized_mask(self.net)
         state_spec = tf.nest.map_structure(_spec, self.initial_state())
         image = tf.TensorSpec([None, None, None, None, 3], tf.float32)
@@ -191,7 +193,7 @@ class Adapter:
         step_losses = tf.TensorArray(tf.float32, size=num_steps)
 
         def body(k, state, step_losses):
-            lr = optim.learning_rate_at(self.inner, learning_rate, step_offset + k, total_steps)
+            lr = self._learning_rate(learning_rate, step_offset + k, total_steps)
             state, loss = self._step(state, x[k], y[k], lr)
             return k + 1, state, step_losses.write(k, loss)
 
@@ -273,7 +275,7 @@ class Adapter:
         scores = tf.TensorArray(tf.float32, size=num_steps)
 
         def body(k, state, scores):
-            lr = optim.learning_rate_at(self.inner, learning_rate, step_offset + k, total_steps)
+            lr = self._learning_rate(learning_rate, step_offset + k, total_steps)
             state, _ = self._step(state, x[k], y[k], lr)
             probs = predict_queries(self._predict, state, support_x, query_x,
                                     transductive=transductive)

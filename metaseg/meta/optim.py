@@ -7,7 +7,8 @@ function of (weights, state, batches) that ``tf.function`` compiles whole. Keras
 
 ``update(grads, state, params, learning_rate) -> (updates, new_state)``; apply the updates
 with :func:`apply_updates`. The learning rate is a scalar tensor argument (not baked into the
-optimiser) so schedules and UHO never cause a retrace.
+optimiser) so schedules and UHO never cause a retrace. A schedule is a function built once
+from its settings (:func:`schedule`); nothing here reads the run's configuration.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import math
 from typing import Callable, NamedTuple, Sequence
 
 import tensorflow as tf
-
-from metaseg.config import InnerConfig
 
 
 class Optimizer(NamedTuple):
@@ -79,26 +78,38 @@ def adam(b1: float = 0.0, b2: float = 0.999, eps: float = 1e-8) -> Optimizer:
     return Optimizer(init, update)
 
 
-def make_optimizer(config: InnerConfig) -> Optimizer:
+def make_optimizer(use_sgd: bool) -> Optimizer:
     """The inner optimiser the flags ask for: ``--sgd`` or Adam with beta1 = 0."""
-    return sgd() if config.sgd else adam(b1=0.0)
+    return sgd() if use_sgd else adam(b1=0.0)
 
 
-def learning_rate_at(config: InnerConfig, base_lr, step, total_steps) -> tf.Tensor:
-    """The scheduled learning rate at inner step ``step`` (0-based) of ``total_steps``.
+Schedule = Callable[..., tf.Tensor]  # (base_lr, step, total_steps) -> learning rate
+
+
+def schedule(name: str, decay_after_n_steps: int = 1, step_decay_rate: float = 1.0) -> Schedule:
+    """``(base_lr, step, total_steps) -> the learning rate at inner step step`` (0-based) of
+    ``total_steps``, for the schedule ``name``.
 
     REFERENCE.md section 5: fixed/constant; cosine_anneal ``0.5 lr (1 + cos(pi step/total))``;
-    step/step_decay ``lr * rate ** (step // n)`` floored at 1e-7. ``base_lr``, ``step`` and
-    ``total_steps`` may be tensors; the schedule kind is static (it selects the graph).
+    step/step_decay ``lr * rate ** (step // n)`` floored at 1e-7. The arguments may be
+    tensors; the schedule's kind is chosen here, once (it selects the graph).
     """
-    base_lr = tf.cast(base_lr, tf.float32)
-    step = tf.cast(step, tf.float32)
-    name = config.learning_rate_scheduler
     if name in ("fixed", "constant"):
-        return base_lr
-    if name == "cosine_anneal":
-        total = tf.maximum(tf.cast(total_steps, tf.float32), 1.0)
-        return 0.5 * base_lr * (1.0 + tf.cos(math.pi * step / total))
-    # "step" / "step_decay"
-    exponent = tf.floor(step / float(config.decay_after_n_steps))
-    return tf.maximum(base_lr * tf.pow(float(config.step_decay_rate), exponent), 1e-7)
+        def rate(base_lr, step, total_steps):
+            del step, total_steps
+            return tf.cast(base_lr, tf.float32)
+    elif name == "cosine_anneal":
+        def rate(base_lr, step, total_steps):
+            total = tf.maximum(tf.cast(total_steps, tf.float32), 1.0)
+            return 0.5 * tf.cast(base_lr, tf.float32) * (
+                1.0 + tf.cos(math.pi * tf.cast(step, tf.float32) / total))
+    elif name in ("step", "step_decay"):
+        every, decay = float(decay_after_n_steps), float(step_decay_rate)
+
+        def rate(base_lr, step, total_steps):
+            del total_steps
+            exponent = tf.floor(tf.cast(step, tf.float32) / every)
+            return tf.maximum(tf.cast(base_lr, tf.float32) * tf.pow(decay, exponent), 1e-7)
+    else:
+        raise ValueError(f"unknown learning-rate schedule {name!r}")
+    return rate

@@ -58,20 +58,20 @@ def test_adam_with_momentum_matches_keras():
 
 def test_make_optimizer_follows_sgd_flag():
     params = [tf.zeros([2])]
-    assert isinstance(optim.make_optimizer(InnerConfig(sgd=True)).init(params), optim.SGDState)
-    assert isinstance(optim.make_optimizer(InnerConfig()).init(params), optim.AdamState)
+    assert isinstance(optim.make_optimizer(InnerConfig(sgd=True).sgd).init(params),
+                      optim.SGDState)
+    assert isinstance(optim.make_optimizer(InnerConfig().sgd).init(params), optim.AdamState)
 
 
 def test_schedules_match_reference_formulas():
-    fixed = InnerConfig(learning_rate_scheduler="fixed")
-    assert float(optim.learning_rate_at(fixed, 0.1, 7, 10)) == pytest.approx(0.1)
-    cosine = InnerConfig(learning_rate_scheduler="cosine_anneal")
+    fixed = optim.schedule("fixed")
+    assert float(fixed(0.1, 7, 10)) == pytest.approx(0.1)
+    cosine = optim.schedule("cosine_anneal")
     for step in (0, 3, 10):
         want = 0.5 * 0.1 * (1 + math.cos(math.pi * step / 10))
-        assert float(optim.learning_rate_at(cosine, 0.1, step, 10)) == pytest.approx(want, 1e-6)
-    step = InnerConfig(learning_rate_scheduler="step_decay", step_decay_rate=0.5,
-                       decay_after_n_steps=5)
-    assert float(optim.learning_rate_at(step, 0.1, 4, 0)) == pytest.approx(0.1)
-    assert float(optim.learning_rate_at(step, 0.1, 5, 0)) == pytest.approx(0.05)
-    assert float(optim.learning_rate_at(step, 0.1, 12, 0)) == pytest.approx(0.025)
-    assert float(optim.learning_rate_at(step, 1e-6, 50, 0)) == pytest.approx(1e-7)
+        assert float(cosine(0.1, step, 10)) == pytest.approx(want, 1e-6)
+    step = optim.schedule("step_decay", step_decay_rate=0.5, decay_after_n_steps=5)
+    assert float(step(0.1, 4, 0)) == pytest.approx(0.1)
+    assert float(step(0.1, 5, 0)) == pytest.approx(0.05)
+    assert float(step(0.1, 12, 0)) == pytest.approx(0.025)
+    assert float(step(1e-6, 50, 0)) == pytest.approx(1e-7)
