@@ -95,18 +95,35 @@ def meta_group(size: int, opts: Options) -> Dict:
 
 
 def eval_group(size: int, opts: Options) -> Dict:
-    """Seconds per evaluated 5-shot task: episode, ``eval_steps`` steps, query prediction."""
+    """Seconds per evaluated 5-shot task (episode, ``eval_steps`` steps, query prediction and
+    scoring: ``Evaluator.evaluate`` of that one task) and, interleaved with it in this process,
+    the adaptation of the same episode alone (its steps, ``eval_task_steps_s``); their
+    per-task ratio is what an evaluation adds around its steps (``eval_task_overhead``, the
+    median over ``eval_tasks`` tasks). Comparing with ``inner_step_fp32_s`` x steps instead
+    would set one pass against another process's best of several."""
     store = _store(size, opts.eval_tasks)
     config = EvalConfig(shots=5, eval_batch=bench_meta.BATCH, eval_iters=opts.eval_steps,
-                        eval_samples=1, serially_eval_all_test_tasks=True, transductive=True)
+                        eval_samples=1, serially_eval_all_test_tasks=True, transductive=True,
+                        concurrent_tasks=1)  # one task at a time (0 would choose by cores)
     evaluator = Evaluator(build_model(_model_config("fp32")), bench_meta.INNER, config)
     # Warm-up: trace the adaptation (any step count) and prediction with 1 step, and the
     # episode function of the timed step count with one element.
     evaluator.evaluate(store, task_indices=[0], num_samples=1, serial=True, steps=1)
-    next(iter(evaluator._episodes(store, [0], opts.eval_steps, 0)))  # pylint: disable=protected-access
-    tic = time.perf_counter()  # one pass (59 steps at 224 px take over a minute per task)
-    evaluator.evaluate(store, num_samples=1, serial=True)
-    return {"eval_task_s": (time.perf_counter() - tic) / opts.eval_tasks,
+    episodes = list(evaluator._episodes(store, range(opts.eval_tasks), opts.eval_steps, 0))  # pylint: disable=protected-access
+    start, lr = evaluator.adapter.initial_state(), tf.constant(bench_meta.INNER.learning_rate)
+    tasks, steps = [], []
+    for task, episode in enumerate(episodes):  # one pass each: 59 steps at 224 px take ~1 min
+        tic = time.perf_counter()
+        evaluator.evaluate(store, task_indices=[task], num_samples=1, serial=True)
+        tasks.append(time.perf_counter() - tic)
+        tic = time.perf_counter()
+        end, _ = evaluator.adapter.adapt(start, episode["x"], episode["y"], lr, tf.constant(0),
+                                         tf.constant(opts.eval_steps))
+        tf.nest.map_structure(lambda v: v.numpy(), end)  # wait for every last update
+        steps.append(time.perf_counter() - tic)
+    return {"eval_task_s": float(np.median(tasks)), "eval_task_steps_s": float(np.median(steps)),
+            "eval_task_overhead": float(np.median(np.divide(tasks, steps))),
+            "eval_task_seconds": tasks, "eval_task_steps_seconds": steps,
             "eval_steps": opts.eval_steps, "eval_tasks": opts.eval_tasks, "shots": 5,
             **eval_throughput(size, opts, evaluator)}
 

@@ -246,13 +246,15 @@ class EvalConfig:
     eval_train_tasks: bool = True
     compare_random_init: bool = False
     seed: int = 0
-    # Tasks adapted at once by Python threads (metaseg.evaluation.evaluate); 1 = one by one.
-    concurrent_tasks: int = 1
+    # Tasks adapted at once by Python threads (metaseg.evaluation.evaluate); 1 = one by one,
+    # 0 = by the machine's cores (metaseg.threads.default_concurrent_tasks).
+    concurrent_tasks: int = 0
 
     def __post_init__(self):
         _positive(self.eval_samples, "--eval-samples")
-        _require(self.concurrent_tasks >= 1, "--concurrent_tasks must be a whole number >= 1 "
-                 f"(1: one task at a time), got {self.concurrent_tasks}")
+        _require(self.concurrent_tasks >= 0, "--concurrent_tasks must be a whole number >= 0 "
+                 "(1: one task at a time, 0: by the machine's cores), got "
+                 f"{self.concurrent_tasks}")
         EpisodeSpec.evaluation(self)  # shots, batch size, steps (FieldError naming the field)
 
     @property

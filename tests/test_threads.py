@@ -19,6 +19,12 @@ def test_rule_is_one_intra_op_and_two_inter_op_threads_on_small_machines_only():
     assert threads.default_threads(16) == (0, 0)  # not measured: TensorFlow's defaults
 
 
+def test_two_evaluation_tasks_at_once_on_two_cores_only():
+    assert threads.default_concurrent_tasks(1) == 1
+    assert threads.default_concurrent_tasks(2) == 2
+    assert threads.default_concurrent_tasks(16) == 1  # not measured: one task, every core
+
+
 @pytest.mark.parametrize("environ,expected", [
     ({}, (1, 2)),
     ({"TF_NUM_INTRAOP_THREADS": "2"}, (2, 2)),

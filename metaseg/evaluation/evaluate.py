@@ -11,8 +11,9 @@ over the replicas, R at a time: each replica adapts to one task and predicts its
 the predictions of all replicas are gathered to every process, which scores them exactly as
 on one device. Only the chief writes files.
 
-Otherwise ``--concurrent_tasks N`` adapts N tasks at once, each in its own Python thread
-calling the same compiled adaptation and prediction (TensorFlow releases the GIL inside
+Otherwise ``--concurrent_tasks N`` (default 0: two on a 2-core machine, else one;
+``metaseg.threads.default_concurrent_tasks``) adapts N tasks at once, each in its own Python
+thread calling the same compiled adaptation and prediction (TensorFlow releases the GIL inside
 them; the ops of both share the process's intra-/inter-op thread pools). Every task starts
 from the same saved state and nothing is shared between tasks, so each task's scores,
 predictions and saved checkpoint are bit-identical to the one-at-a-time run under the same
@@ -35,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from metaseg import checkpoints, distribute
+from metaseg import checkpoints, distribute, threads
 from metaseg.config import EvalConfig, InnerConfig
 from metaseg.data import episodes
 from metaseg.data.progress import Progress
@@ -87,6 +88,8 @@ class Evaluator:
         self.is_chief = distribute.is_chief(self.strategy)
         self._saver = None
         self._replicated_predict = None
+        self.concurrent_tasks = (config.concurrent_tasks
+                                 or threads.default_concurrent_tasks(threads.usable_cores()))
 
     def evaluate(self, store, *, task_indices: Optional[Sequence[int]] = None,
                  num_samples: Optional[int] = None, serial: Optional[bool] = None,
@@ -145,11 +148,11 @@ class Evaluator:
 
         With several replicas, and nothing per task to save, each round of R tasks is one
         replicated adaptation whose predictions are gathered to every process. Else with
-        ``concurrent_tasks`` > 1 that many tasks are adapted at once by threads."""
+        ``self.concurrent_tasks`` > 1 that many tasks are adapted at once by threads."""
         elements = self._episodes(store, tasks, steps, sample)
         if (self.strategy is None or save_dir or self.config.save_predictions_dir
                 or self.strategy.num_replicas_in_sync == 1):
-            if self.config.concurrent_tasks > 1:
+            if self.concurrent_tasks > 1:
                 yield from self._concurrently(start, elements, lr, steps)
                 return
             for element in elements:
@@ -176,7 +179,7 @@ class Evaluator:
         """``_adapted`` with ``concurrent_tasks`` threads: the episodes are read here (one
         tf.data iterator, one reader) and each adapted by a worker thread; one more episode
         than threads is in flight so a thread never waits for the scoring of the oldest."""
-        width = self.config.concurrent_tasks
+        width = self.concurrent_tasks
         pool = concurrent.futures.ThreadPoolExecutor(width, thread_name_prefix="metaseg-eval")
         pending = collections.deque()
         try:

@@ -213,12 +213,13 @@ _EVAL = [
           "Also evaluate the random initialisation meta-training starts from, and print both."),
     _flag("concurrent_tasks", "int", "eval.concurrent_tasks",
           "Evaluation tasks adapted at once, each by its own Python thread calling the "
-          "compiled adaptation (>= 1; scores identical to 1 under the same "
-          "TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS; N tasks' memory at once). "
-          "On 2 idle cores (1 + 2 threads) 2 at once gave 1.29x the tasks/hour at 64 px and "
-          "1.40x at 224 px (bench/run_all.py's eval group); the default stays 1, which "
-          "holds one task's memory. Under a --distribution_strategy with several replicas, and nothing "
-          "saved per task, the replicas run the tasks and this is ignored."),
+          "compiled adaptation (1: one at a time; 0, the default: 2 on a machine with 2 "
+          "usable cores, else 1). Scores, files and their order are identical to 1 under "
+          "the same TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS; N tasks' memory at "
+          "once. On 2 idle cores (1 + 2 threads) 2 at once gave 1.29x the tasks/hour at "
+          "64 px and 1.40x at 224 px (bench/run_all.py's eval group). Under a "
+          "--distribution_strategy with several replicas, and nothing saved per task, the "
+          "replicas run the tasks and this is ignored."),
 ]
 
 _UHO = [

@@ -35,6 +35,9 @@ def test_tiny_suite_writes_json_and_markdown(tmp_path):
     [group] = results["groups"]  # measured in its own process
     assert group["group"] == "eval" and group["image_size"] == 32 and "error" not in group
     assert group["eval_task_s"] > 0 and group["peak_rss_mb"] > 100
+    assert len(group["eval_task_seconds"]) == len(group["eval_task_steps_seconds"]) == 1
+    assert group["eval_task_overhead"] == pytest.approx(
+        group["eval_task_seconds"][0] / group["eval_task_steps_seconds"][0])
     assert group["eval_tasks_per_hour_sequential"] > 0 and group["eval_concurrent_identical"]
     assert group["eval_concurrent_speedup"] == pytest.approx(
         group["eval_tasks_per_hour_concurrent"] / group["eval_tasks_per_hour_sequential"])
@@ -54,7 +57,7 @@ def _complete_results():
         {"group": "inner", "bare_keras_step_s": 0.11, "inner_step_fp32_s": 0.1,
          "inner_step_bf16_s": 0.12, "inner_step_unfused_bn_s": 0.125, **common},
         {"group": "meta", "reptile_iteration_s": 1.2, "fomaml_iteration_s": 1.3, **common},
-        {"group": "eval", "eval_task_s": 7.0, "eval_steps": 59,
+        {"group": "eval", "eval_task_s": 7.0, "eval_steps": 59, "eval_task_overhead": 1.04,
          "eval_tasks_per_hour_sequential": 2000.0, "eval_tasks_per_hour_concurrent": 2700.0,
          "eval_concurrent_speedup": 1.35, "eval_concurrent_identical": True,
          "eval_throughput_settings": {"tasks": 24, "steps": 10, "concurrent_tasks": 2,
@@ -76,7 +79,7 @@ def _complete_results():
 def test_report_has_every_table_and_the_bf16_decision():
     results = _complete_results()
     text = report.markdown(results)
-    assert "| 64 | 0.100 | 0.120 | 0.110 | 1.20 | 1.30 | 7.00 | 2.0 % |" in text
+    assert "| 64 | 0.100 | 0.120 | 0.110 | 1.20 | 1.30 | 7.00 | 1.04 | 2.0 % |" in text
     assert "| 64 | bf16 | forward+backward | 0.100 | 8.90 | 89.0 | 200 | 210 |" in text
     assert "| eval | 64 | 900 |" in text
     assert ("| 64 | 0.100 | 0.125 | 0.80 | 2000 | 2700 | 1.35 | yes | 24 x 10, 2, (1, 2) "

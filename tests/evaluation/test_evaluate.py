@@ -55,6 +55,13 @@ class RecordingAdapt:
         return end, losses
 
 
+@pytest.mark.parametrize("cores,expected", [(1, 1), (2, 2), (8, 1)])
+def test_concurrent_tasks_0_chooses_by_the_machines_cores(monkeypatch, cores, expected):
+    monkeypatch.setattr(evaluate.threads, "usable_cores", lambda: cores)
+    assert make_evaluator(concurrent_tasks=0).concurrent_tasks == expected
+    assert make_evaluator(concurrent_tasks=3).concurrent_tasks == 3  # given: kept
+
+
 def test_every_variable_is_bit_identical_after_evaluation(store):
     evaluator = make_evaluator()
     model = evaluator.model
@@ -176,7 +183,8 @@ def test_write_results_json(tmp_path):
 
 
 def test_saved_adapted_checkpoints_restore_the_adapted_weights(store, tmp_path):
-    evaluator = make_evaluator(eval_iters=4)
+    # One task at a time: the recorder keeps the adaptations in the order they ran.
+    evaluator = make_evaluator(eval_iters=4, concurrent_tasks=1)
     recorder = RecordingAdapt(evaluator.adapter)
     run_config = {"model": {"rsd": None}, "note": "rebuild me"}
     evaluator.run_config = run_config
