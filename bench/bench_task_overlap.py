@@ -31,11 +31,11 @@ from absl import app, flags  # noqa: E402
 from metaseg.quiet import import_tensorflow  # noqa: E402
 
 import_tensorflow()  # the thread pools every entry point gets (metaseg.threads)
-import numpy as np  # noqa: E402  # pylint: disable=wrong-import-position
+import keras  # noqa: E402  # pylint: disable=wrong-import-position
 import bench_meta  # noqa: E402
+import suite  # noqa: E402
 import provenance  # noqa: E402
 from metaseg.config import MetaConfig  # noqa: E402
-from metaseg.data.tasks import TaskStore  # noqa: E402
 from metaseg.meta import carry_over  # noqa: E402
 from metaseg.meta.trainer import MetaTrainer  # noqa: E402
 from metaseg.models import build_model  # noqa: E402
@@ -52,40 +52,33 @@ def define_flags() -> None:
                         "Results JSON.")
 
 
-def _store(size):
-    rng = np.random.default_rng(1)
-    images = [rng.integers(0, 255, (10, size, size, 3), dtype=np.uint8) for _ in range(4)]
-    masks = [(rng.uniform(size=(10, size, size)) > 0.7).astype(np.uint8) * 255
-             for _ in range(4)]
-    return TaskStore.from_arrays([f"t{i}" for i in range(4)], images, masks)
-
-
 def _runner(size, parallel, directory):
     """A no-argument function running one Reptile meta-iteration; returns its loss."""
     meta = MetaConfig(algorithm="reptile", meta_iters=10**6, meta_batch=bench_meta.META_BATCH,
                       train_shots=10, inner_batch=bench_meta.BATCH, inner_iters=bench_meta.STEPS)
-    keras_seed(0)
-    trainer = MetaTrainer(build_model(bench_meta.MODEL), _store(size), meta=meta,
-                          inner=bench_meta.INNER, checkpoint_dir=directory,
+    keras.utils.set_random_seed(0)
+    trainer = MetaTrainer(build_model(bench_meta.MODEL), suite.random_store(size, 4, seed=1),
+                          meta=meta, inner=bench_meta.INNER, checkpoint_dir=directory,
                           total_inner_steps=bench_meta.STEPS)
     stream = iter(trainer._episodes(0))  # pylint: disable=protected-access
-    carry_over.PARALLEL_TASKS = parallel
-    try:  # traced now, with this many tasks at once
-        trainer._meta_step(stream, 0, 0.1)  # pylint: disable=protected-access
-    finally:
-        carry_over.PARALLEL_TASKS = VARIANTS["overlapped"]
-    return lambda: trainer._meta_step(stream, 0, 0.1)  # pylint: disable=protected-access
 
+    def run():  # any (re)trace sees this variant's count
+        carry_over.PARALLEL_TASKS = parallel
+        try:
+            return trainer._meta_step(stream, 0, 0.1)  # pylint: disable=protected-access
+        finally:
+            carry_over.PARALLEL_TASKS = VARIANTS["overlapped"]
 
-def keras_seed(seed):
-    import keras  # pylint: disable=import-outside-toplevel
-    keras.utils.set_random_seed(seed)
+    return run
 
 
 def measure(size, repeats):
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         runs = {"overlapped": _runner(size, VARIANTS["overlapped"], a),
                 "one_at_a_time": _runner(size, 1, b)}
+        for _ in range(2):  # warm-up, both built: tracing (twice, the second trainer's too)
+            for run in runs.values():
+                run()
         seconds = {name: [] for name in runs}
         losses = {name: [] for name in runs}
         loads = []

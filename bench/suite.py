@@ -55,7 +55,7 @@ def _model_config(precision: str) -> ModelConfig:
     return ModelConfig(rsd=(2, 4), mixed_precision=precision)
 
 
-def _store(size: int, tasks: int, examples: int = 10, seed: int = 0) -> TaskStore:
+def random_store(size: int, tasks: int, examples: int = 10, seed: int = 0) -> TaskStore:
     rng = np.random.default_rng(seed)
     images = [rng.integers(0, 255, (examples, size, size, 3), dtype=np.uint8)
               for _ in range(tasks)]
@@ -101,7 +101,7 @@ def eval_group(size: int, opts: Options) -> Dict:
     per-task ratio is what an evaluation adds around its steps (``eval_task_overhead``, the
     median over ``eval_tasks`` tasks). Comparing with ``inner_step_fp32_s`` x steps instead
     would set one pass against another process's best of several."""
-    store = _store(size, opts.eval_tasks)
+    store = random_store(size, opts.eval_tasks)
     config = EvalConfig(shots=5, eval_batch=bench_meta.BATCH, eval_iters=opts.eval_steps,
                         eval_samples=1, serially_eval_all_test_tasks=True, transductive=True,
                         concurrent_tasks=1)  # one task at a time (0 would choose by cores)
@@ -133,7 +133,7 @@ def eval_throughput(size: int, opts: Options, sequential: Evaluator) -> Dict:
     steps one at a time and ``concurrent_tasks`` at once (``--concurrent_tasks``), the same
     thread pools, one pass each after warm-up; whether every task's score is identical; the
     load average before and after each pass (the machine may be shared)."""
-    store = _store(size, opts.throughput_tasks, seed=1)
+    store = random_store(size, opts.throughput_tasks, seed=1)
     config = dataclasses.replace(sequential.config, eval_iters=opts.throughput_steps)
     evaluators = {"sequential": Evaluator(sequential.model, bench_meta.INNER, config,
                                           adapter=sequential.adapter),
@@ -168,7 +168,7 @@ def eval_throughput(size: int, opts: Options, sequential: Evaluator) -> Dict:
 
 def data_group(size: int, opts: Options) -> Dict:
     """Share of an EfficientLab inner step the prefetched episode pipeline adds."""
-    store = _store(size, 4)
+    store = random_store(size, 4)
     return bench_data.bench_prefetch_share(store, "efficientlab", 5, opts.prefetch_episodes,
                                            repeats=opts.repeats)
 
