@@ -40,8 +40,8 @@ from metaseg.meta import weights
 # read when the meta-step is traced). Every task's forward and backward pass needs only the
 # shared weights theta; under ``sequential`` only the running statistics and slots pass from
 # one task to the next, so the executor overlaps the tasks' steps on the two cores (Reptile,
-# 2 tasks x 5 steps: 1.15x faster at 64 px and 1.31x at 224 px than one task at a time,
-# ``bench/bench_task_overlap.py``). Values and their order are the same either way.
+# 2 tasks x 5 steps on 2 idle cores: 1.30x faster at 224 px than one task at a time, no gain
+# at 64 px; ``bench/bench_task_overlap.py``). Values and their order are the same either way.
 PARALLEL_TASKS = 10
 
 
