@@ -130,7 +130,9 @@ def markdown(results: Dict) -> str:
         "## Step and iteration times", "", time_table(results), "",
         "## Fused batch norm; concurrent evaluation", "",
         "Targets (issue 16): fused / unfused <= 0.85 at 224 px; concurrent >= 1.3x the "
-        "sequential tasks/hour. Load: 1-minute load average before -> after the pass.", "",
+        "sequential tasks/hour. The fused and unfused steps are timed alternately in one "
+        "process, each the best of its calls. Load: 1-minute load average before -> after "
+        "the pass.", "",
         fused_and_concurrent_table(results), "",
         "## Throughput", "", throughput_table(results), "",
         "## Peak memory", "",
