@@ -27,8 +27,10 @@ Per task and seed (the seed draws the mini-batches, the folds and the random lab
   Every adaptation is ``metaseg.cli.adapt.adapt`` (batch-norm statistics re-estimated on
   the support images), from the same initial weights; IoU is ``metrics.binary_iou``.
 - calibration: every query mask of ``fixed`` (``masks`` model) and of ``auto``
-  (``masks+support`` model, with the task's held-out support IoU), through
-  ``Calibration.estimate`` on ``quality.signals`` (flip agreement etc.), against true IoU.
+  (``masks+support`` model, with the task's held-out support IoU; and the same masks
+  through the ``masks`` model, ``masks (auto steps)``, to tell which model suits them),
+  through ``Calibration.estimate`` on ``quality.signals`` (flip agreement etc.), against
+  true IoU.
 - suggestion: support = images 0-1, pool = images 5-14, evaluation = images 15-19. After a
   fixed-step adaptation on the support, the pool is ranked by ``quality.ranked_for_labelling``
   (what ``--suggest`` writes); the first k = 1, 2, 5 are added (with their true masks) and
@@ -220,9 +222,14 @@ class Study:
                                         learning_rate, seed)
         features = quality.signals(fg, flipped)
         estimate, low, high = self.calibration.estimate(features, support_iou)
-        return {"iou": iou.tolist(), "estimate": estimate.tolist(), "low": low.tolist(),
-                "high": high.tolist(),
-                "agreement": features[:, quality.MASK_FEATURES.index("agreement")].tolist()}
+        out = {"iou": iou.tolist(), "estimate": estimate.tolist(), "low": low.tolist(),
+               "high": high.tolist(),
+               "agreement": features[:, quality.MASK_FEATURES.index("agreement")].tolist()}
+        if support_iou is not None:  # the same masks through the masks-only model, to compare
+            estimate, low, high = self.calibration.estimate(features, None)
+            out.update(masks_estimate=estimate.tolist(), masks_low=low.tolist(),
+                       masks_high=high.tolist())
+        return out
 
     def uho_choice(self, val_names, seed) -> Dict:
         """UHO's (learning rate, steps) on ``val_names`` (training classes)."""
@@ -381,6 +388,11 @@ def summarise(records: List[Dict]) -> Dict:
         calibration = {}
         for key, model in (("fixed", "masks"), ("auto", "masks+support")):
             calibration[model] = {**_spearman_with_ci(tasks, key), **_coverage(tasks, key)}
+        if all("masks_estimate" in t["auto"] for t in tasks):  # version 2 on: auto's masks
+            auto_masks = [{"m": {k: t["auto"][f"masks_{k}"] for k in ("estimate", "low", "high")}
+                           | {"iou": t["auto"]["iou"]}} for t in tasks]
+            calibration["masks (auto steps)"] = {**_spearman_with_ci(auto_masks, "m"),
+                                                 **_coverage(auto_masks, "m")}
         both = [{"m": {k: t["fixed"][k] + t["auto"][k] for k in
                        ("estimate", "iou", "low", "high")}} for t in tasks]
         calibration["all masks"] = {**_spearman_with_ci(both, "m"), **_coverage(both, "m")}
@@ -501,7 +513,7 @@ def run(seeds: List[int]) -> Dict:
     setting = {"init": FLAGS.init, "steps": study.steps, "lr": study.learning_rate,
                "auto_max_steps": study.max_steps, "random_draws": FLAGS.random_draws,
                "uho": [FLAGS.uho_val_tasks, FLAGS.uho_configs, FLAGS.uho_lr_low,
-                       FLAGS.uho_lr_high], "version": 1}
+                       FLAGS.uho_lr_high], "version": 2}  # 2: masks-only on auto's masks
     names = render.class_names(synthetic.num_classes)
     test = render.test_class_names(synthetic.num_classes)
     order = [test[i] for i in np.random.default_rng(0).permutation(len(test))]

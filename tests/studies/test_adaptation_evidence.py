@@ -42,7 +42,8 @@ def test_tiny_study_writes_json_table_plot_and_reuses_its_cache(tmp_path):
         for policy in ("fixed", "auto", "uho"):
             assert _in_unit(g["policies"][policy]["mean"]), (group, policy)
         assert 1 <= g["auto_steps"]["mean"] <= 3
-        assert set(g["calibration"]) == {"masks", "masks+support", "all masks"}
+        assert set(g["calibration"]) == {"masks", "masks+support", "masks (auto steps)",
+                                         "all masks"}
         for c in g["calibration"].values():
             assert -1.0 <= c["spearman"] <= 1.0 or c["spearman"] != c["spearman"]
             assert _in_unit(c["coverage"]) and _in_unit(c["mean_width"])
@@ -56,6 +57,8 @@ def test_tiny_study_writes_json_table_plot_and_reuses_its_cache(tmp_path):
         for key in ("fixed", "auto"):
             assert all(lo <= e <= hi for lo, e, hi in
                        zip(r[key]["low"], r[key]["estimate"], r[key]["high"]))
+        assert all(lo <= e <= hi for lo, e, hi in zip(
+            r["auto"]["masks_low"], r["auto"]["masks_estimate"], r["auto"]["masks_high"]))
         assert sorted(r["suggestion"]["ranked"]) == list(range(10))
     table = (out / "results.md").read_text()
     assert "| synthetic | 1 |" in table and "| photo |" in table and "Spearman" in table
